@@ -1,0 +1,379 @@
+r"""Command-line interface: ``mmdiff train | evaluate | recommend | data info
+| demo``.
+
+Errors caused by the user's input are printed as one line (``error: ...``)
+and the command exits with status 2; nothing is written to ``--out`` before
+the data and the configuration have been validated.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import warnings
+from pathlib import Path
+from typing import Any, Dict, List, Optional
+
+from mmdiff.errors import MMDiffError
+
+DATASET_NAMES = ('synthetic', 'tiktok', 'baby', 'sports')
+
+
+def _positive_int(s: str) -> int:
+    try:
+        v = int(s)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected an integer, got {s!r}")
+    return v
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(
+        prog='mmdiff',
+        description='Multi-modal diffusion recommenders (DiffMM, LD4MRec) '
+                    'on PyTorch Geometric.')
+    sub = p.add_subparsers(dest='command', required=True)
+
+    t = sub.add_parser('train', help='train and evaluate a model')
+    t.add_argument('--model', default='lightgcn',
+                   help='mf | lightgcn | diffmm | ld4mrec')
+    t.add_argument('--dataset', default='synthetic',
+                   help='synthetic | tiktok | baby | sports | PATH to a '
+                        'folder in the DiffMM or MMRec layout')
+    t.add_argument('--root', default=None,
+                   help='folder holding <dataset>/ for named datasets '
+                        '(e.g. ../shared/data)')
+    t.add_argument('--modalities', nargs='+', default=None,
+                   help='use only these item modalities (by name)')
+    t.add_argument('--noise', type=float, default=0.0,
+                   help='add this ratio of random noisy interactions to '
+                        'train/validation (LD4MRec protocol)')
+    t.add_argument('--epochs', type=_positive_int, default=None)
+    t.add_argument('--batch-size', type=_positive_int, default=None)
+    t.add_argument('--patience', type=_positive_int, default=None)
+    t.add_argument('--seed', type=_positive_int, default=0)
+    t.add_argument('--device', default='auto', help='auto | cpu | cuda[:N]')
+    t.add_argument('--cpu-fallback', action='store_true',
+                   help='use the CPU when CUDA is requested but missing')
+    t.add_argument('--config', default=None, help='TOML file of overrides')
+    t.add_argument('--set', nargs='+', default=[], metavar='KEY=VALUE',
+                   help='override hyper-parameters, e.g. --set lr=0.01')
+    t.add_argument('--out', default=None, help='write the run to this folder')
+    t.add_argument('--resume', default=None, metavar='DIR',
+                   help='continue the interrupted run in DIR')
+    t.add_argument('--progress', action='store_true', help='progress bars')
+    t.add_argument('--quiet', action='store_true', help='no per-epoch log')
+
+    e = sub.add_parser('evaluate', help='evaluate a saved run')
+    e.add_argument('checkpoint', help='run folder or checkpoint file')
+    e.add_argument('--root', default=None)
+    e.add_argument('--split', default='test', choices=['val', 'test'])
+    e.add_argument('--device', default='auto')
+
+    r = sub.add_parser('recommend', help='top-k items for some users')
+    r.add_argument('checkpoint', help='run folder or checkpoint file')
+    r.add_argument('--users', nargs='+', type=_positive_int, required=True)
+    r.add_argument('-k', type=_positive_int, default=10)
+    r.add_argument('--root', default=None)
+    r.add_argument('--device', default='auto')
+
+    d = sub.add_parser('data', help='dataset utilities')
+    dsub = d.add_subparsers(dest='data_command', required=True)
+    di = dsub.add_parser('info', help='describe a dataset')
+    di.add_argument('path', help='dataset name or folder')
+    di.add_argument('--root', default=None)
+
+    m = sub.add_parser('demo', help='train every model on the synthetic '
+                                    'data and print a metrics table')
+    m.add_argument('--models', nargs='+', default=None,
+                   help='default: every registered model')
+    m.add_argument('--seed', type=_positive_int, default=0)
+    m.add_argument('--device', default='auto')
+    m.add_argument('--out', default=None)
+    return p
+
+
+# ----------------------------------------------------------------------
+def load_data(dataset: str, root: Optional[str] = None,
+              modalities: Optional[List[str]] = None, noise: float = 0.0,
+              seed: int = 0):
+    r"""The dataset of a run: a named dataset (under ``root``), the synthetic
+    default, or a folder path; optionally with noise added."""
+    from mmdiff.data.datasets import get_dataset
+    from mmdiff.data.hetero import get_modalities
+    data = get_dataset(dataset, root=root, modalities=modalities)
+    if modalities:
+        get_modalities(data, modalities)  # raises on unknown names
+    if noise:
+        from mmdiff.data.noise import add_noise_interactions
+        data = add_noise_interactions(data, noise, seed=seed)
+    return data
+
+
+def dataset_key(dataset: str) -> Optional[str]:
+    return dataset.lower() if dataset.lower() in DATASET_NAMES else None
+
+
+def run_config(args) -> Dict[str, Any]:
+    from mmdiff.train.config import parse_overrides, preset, user_config
+    from mmdiff.nn.models import get_model_class
+    cls = get_model_class(args.model)
+    key = dataset_key(args.dataset)
+    cfg = preset(cls.name, key)
+    if args.config:
+        cfg.update(user_config(args.config, key))
+    for flag, name in (('epochs', 'epochs'), ('batch_size', 'batch_size'),
+                       ('patience', 'patience')):
+        v = getattr(args, flag)
+        if v is not None:
+            cfg[name] = v
+    cfg.update(parse_overrides(args.set))
+    return cfg
+
+
+def train_run(model_name: str, dataset: str, *, root=None, modalities=None,
+              noise: float = 0.0, seed: int = 0, device: str = 'auto',
+              cfg: Optional[Dict[str, Any]] = None, out: Optional[str] = None,
+              resume: bool = False, progress: bool = False,
+              log=None, data=None, cpu_fallback: bool = False):
+    r"""The code path shared by ``mmdiff train`` and the benchmarks: build
+    data and model from names and a config, fit, return the
+    :class:`~mmdiff.train.FitResult` (and write ``out`` if given)."""
+    from mmdiff.nn.models import get_model_class
+    from mmdiff.train import Trainer
+    from mmdiff.train.config import split_config, preset
+    from mmdiff.train.seed import resolve_device, seed_everything
+    cls = get_model_class(model_name)
+    if cfg is None:
+        cfg = preset(cls.name, dataset_key(dataset))
+    trainer_kw, hparams = split_config(cfg)
+    dev = resolve_device(device, fallback=cpu_fallback)
+    if data is None:
+        data = load_data(dataset, root, modalities, noise, seed)
+    if cls.requires_modalities:
+        from mmdiff.data.hetero import modality_names
+        if not modality_names(data):
+            raise _no_modalities(cls.name, dataset)
+    if modalities and 'modalities' in _init_names(cls):
+        hparams.setdefault('modalities', list(modalities))
+    seed_everything(seed)
+    model = cls.from_data(data, **hparams)
+    config = {'model': cls.name, 'dataset': dataset,
+              'root': str(Path(root).resolve()) if root else None,
+              'modalities': list(modalities) if modalities else None,
+              'noise': noise, 'seed': seed, 'hparams': cfg}
+    trainer = Trainer(model, data, device=str(dev), seed=seed, out_dir=out,
+                      resume=resume, progress=progress, log=log,
+                      config=config, **trainer_kw)
+    return trainer.fit(), model, data
+
+
+def _init_names(cls) -> set:
+    from mmdiff.nn.models._util import signature_names
+    names = signature_names(cls.from_data)
+    if 'hparams' in names:
+        names |= signature_names(cls.__init__)
+    return names
+
+
+def _no_modalities(model: str, dataset: str):
+    from mmdiff.errors import ConfigError
+    return ConfigError(f"model {model!r} needs at least one item modality, "
+                       f"but dataset {dataset!r} has none")
+
+
+def format_table(rows: List[Dict[str, Any]], columns: List[str]) -> str:
+    widths = {c: max(len(c), *(len(_fmt(r.get(c))) for r in rows))
+              for c in columns}
+    lines = ['  '.join(c.ljust(widths[c]) for c in columns),
+             '  '.join('-' * widths[c] for c in columns)]
+    for r in rows:
+        lines.append('  '.join(_fmt(r.get(c)).ljust(widths[c])
+                               for c in columns))
+    return '\n'.join(lines)
+
+
+def _fmt(v) -> str:
+    if isinstance(v, float):
+        return f'{v:.4f}'
+    return '' if v is None else str(v)
+
+
+def metrics_table(metrics: Dict[str, float], ks=(10, 20)) -> str:
+    rows = []
+    for split in ('val', 'test'):
+        row = {'split': split}
+        for k in ks:
+            for m in ('recall', 'ndcg', 'precision'):
+                key = f'{split}/{m}@{k}'
+                if key in metrics:
+                    row[f'{m}@{k}'] = metrics[key]
+        if len(row) > 1:
+            rows.append(row)
+    cols = ['split'] + [f'{m}@{k}' for k in ks
+                        for m in ('recall', 'ndcg', 'precision')]
+    return format_table(rows, cols)
+
+
+# ----------------------------------------------------------------------
+def cmd_train(args) -> int:
+    if args.resume:
+        from mmdiff.train.checkpoint import load_checkpoint
+        ckpt = load_checkpoint(args.resume)
+        c = ckpt['config']
+        result, _, _ = train_run(
+            c['model'], c['dataset'], root=c.get('root'),
+            modalities=c.get('modalities'), noise=c.get('noise', 0.0),
+            seed=c['seed'], device=args.device, cfg=c['hparams'],
+            out=args.resume, resume=True, progress=args.progress,
+            log=None if args.quiet else print,
+            cpu_fallback=args.cpu_fallback)
+    else:
+        cfg = run_config(args)
+        result, model, data = train_run(
+            args.model, args.dataset, root=args.root,
+            modalities=args.modalities, noise=args.noise, seed=args.seed,
+            device=args.device, cfg=cfg, out=args.out,
+            progress=args.progress, log=None if args.quiet else print,
+            cpu_fallback=args.cpu_fallback)
+    m = result.metrics_dict()
+    print(f"\nbest epoch {result.best_epoch} (validation-selected), "
+          f"{result.epochs_run} epochs, "
+          f"{result.seconds_per_epoch:.2f} s/epoch")
+    print(metrics_table(m))
+    if result.best_test_epoch_metrics:
+        b = result.best_test_epoch_metrics
+        print(f"best-test-epoch protocol (paper, leaks test): epoch "
+              f"{result.best_test_epoch}  recall@20 {b.get('recall@20', 0):.4f}"
+              f"  ndcg@20 {b.get('ndcg@20', 0):.4f}")
+    return 0
+
+
+def _rebuild(checkpoint: str, root: Optional[str], device: str):
+    import torch
+    from mmdiff.nn.models import get_model_class
+    from mmdiff.train.checkpoint import load_checkpoint
+    from mmdiff.train.config import split_config
+    from mmdiff.train.seed import resolve_device
+    from mmdiff.errors import CheckpointError
+    path = Path(checkpoint)
+    if path.is_dir() and (path / 'best_model.pt').exists():
+        path = path / 'best_model.pt'
+    ckpt = load_checkpoint(path)
+    c = ckpt['config']
+    data = load_data(c['dataset'], root or c.get('root'), c.get('modalities'),
+                     c.get('noise', 0.0), c.get('seed', 0))
+    from mmdiff.data.hetero import num_items, num_users
+    if (num_users(data), num_items(data)) != (ckpt['num_users'],
+                                              ckpt['num_items']):
+        raise CheckpointError(
+            f"checkpoint expects {ckpt['num_users']} users x "
+            f"{ckpt['num_items']} items, the dataset has {num_users(data)} x "
+            f"{num_items(data)}")
+    cls = get_model_class(c['model'])
+    _, hparams = split_config(c['hparams'])
+    if c.get('modalities') and 'modalities' in _init_names(cls):
+        hparams.setdefault('modalities', c['modalities'])
+    model = cls.from_data(data, **hparams)
+    try:
+        model.load_state_dict(ckpt['model_state'])
+    except RuntimeError as e:
+        raise CheckpointError(f"checkpoint does not fit model "
+                              f"{c['model']!r}: {str(e).splitlines()[0]}") \
+            from None
+    dev = resolve_device(device)
+    model.to(dev).eval()
+    return model, data, dev
+
+
+def cmd_evaluate(args) -> int:
+    from mmdiff.data.hetero import edge_index_of, num_items, num_users
+    from mmdiff.metrics import full_ranking_metrics
+    import torch
+    model, data, dev = _rebuild(args.checkpoint, args.root, args.device)
+    with torch.no_grad():
+        model.prepare_scoring()
+        m = full_ranking_metrics(model.score, edge_index_of(data, args.split),
+                                 num_users(data), num_items(data),
+                                 train=edge_index_of(data, 'train'),
+                                 device=dev)
+    print(metrics_table({f'{args.split}/{k}': v for k, v in m.items()}))
+    return 0
+
+
+def cmd_recommend(args) -> int:
+    import torch
+    from mmdiff.data.hetero import edge_index_of, num_items, num_users
+    from mmdiff.errors import DataError
+    from mmdiff.metrics import recommend_topk
+    model, data, dev = _rebuild(args.checkpoint, args.root, args.device)
+    U = num_users(data)
+    bad = [u for u in args.users if u < 0 or u >= U]
+    if bad:
+        raise DataError(f"user id {bad[0]} is out of range for {U} users")
+    users = torch.tensor(args.users, dtype=torch.long)
+    with torch.no_grad():
+        model.prepare_scoring()
+        items, scores = recommend_topk(model.score, users, args.k,
+                                       num_items(data),
+                                       train=edge_index_of(data, 'train'),
+                                       num_users=U, device=dev)
+    for u, its, sc in zip(args.users, items.tolist(), scores.tolist()):
+        print(f"user {u}: " + ' '.join(str(i) for i in its))
+    return 0
+
+
+def cmd_data(args) -> int:
+    from mmdiff.data.hetero import describe
+    data = load_data(args.path, args.root)
+    print(describe(data))
+    return 0
+
+
+def cmd_demo(args) -> int:
+    from mmdiff.nn.models import get_model_class
+    from mmdiff.nn.models import MODELS
+    rows = []
+    for name in args.models or list(MODELS):
+        get_model_class(name)
+        out = str(Path(args.out) / name) if args.out else None
+        print(f"training {name} on the synthetic data ...", flush=True)
+        result, _, _ = train_run(name, 'synthetic', seed=args.seed,
+                                 device=args.device, out=out)
+        m = result.metrics_dict()
+        row = {'model': name, 'best_epoch': result.best_epoch,
+               's/epoch': result.seconds_per_epoch}
+        for k in ('recall@10', 'ndcg@10', 'recall@20', 'ndcg@20',
+                  'precision@20'):
+            row[k] = m.get(f'test/{k}')
+        rows.append(row)
+    print('\nTest metrics of the validation-selected epoch '
+          '(synthetic data, seed %d):' % args.seed)
+    print(format_table(rows, ['model', 'recall@10', 'ndcg@10', 'recall@20',
+                              'ndcg@20', 'precision@20', 'best_epoch',
+                              's/epoch']))
+    return 0
+
+
+def main(argv: Optional[List[str]] = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    warnings.filterwarnings('ignore', message='.*Sparse CSR tensor support.*')
+    handlers = {'train': cmd_train, 'evaluate': cmd_evaluate,
+                'recommend': cmd_recommend, 'data': cmd_data,
+                'demo': cmd_demo}
+    try:
+        return handlers[args.command](args)
+    except MMDiffError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    except (FileNotFoundError, IsADirectoryError, PermissionError) as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("error: interrupted", file=sys.stderr)
+        return 130
+
+
+if __name__ == '__main__':  # pragma: no cover
+    sys.exit(main())

@@ -1,0 +1,160 @@
+r"""Mini-batch samplers over the training interactions.
+
+* :class:`TripletSampler` yields BPR triples; negatives are drawn uniformly
+  from the items a user has **not** interacted with in training, by
+  vectorised rejection sampling (never a training positive).
+* :class:`UserRowSampler` yields user batches with their dense training rows,
+  built from CSR so that only ``[B, I]`` is ever dense.
+
+Both take an explicit :class:`torch.Generator`, so a run is reproducible and
+its sampler state can be checkpointed (``generator.get_state()``).
+"""
+from __future__ import annotations
+
+from typing import Iterator, Optional
+
+import torch
+from torch import Tensor
+
+from mmdiff.errors import ConfigError, DataError
+from mmdiff.nn.models.base import TripletBatch, UserBatch
+
+
+def _check_batch_size(batch_size: int) -> int:
+    if isinstance(batch_size, bool) or not isinstance(batch_size, int):
+        raise ConfigError(f"batch_size must be an integer, got "
+                          f"{batch_size!r}")
+    if batch_size < 1:
+        raise ConfigError(f"batch_size must be >= 1, got {batch_size}")
+    return batch_size
+
+
+def sample_negatives(users: Tensor, train_keys: Tensor, num_items: int,
+                     generator: Optional[torch.Generator] = None,
+                     max_rounds: int = 100) -> Tensor:
+    r"""Uniform negatives for ``users``: for every entry an item the user
+    has no training interaction with.
+
+    Args:
+        users (Tensor): ``[B]`` user ids.
+        train_keys (Tensor): Sorted ``user * num_items + item`` keys of all
+            training interactions.
+        num_items (int): :math:`I`.
+
+    Rejection rounds are vectorised over the whole batch; the expected number
+    of rounds is :math:`1/(1-\text{density})`.  Users who interacted with every
+    item have no negative and raise.
+    """
+    neg = torch.randint(num_items, users.shape, generator=generator)
+    todo = torch.arange(users.numel())
+    for _ in range(max_rounds):
+        keys = users[todo] * num_items + neg[todo]
+        pos = torch.searchsorted(train_keys, keys).clamp_(
+            max=max(train_keys.numel() - 1, 0))
+        hit = train_keys[pos] == keys
+        todo = todo[hit]
+        if todo.numel() == 0:
+            return neg
+        neg[todo] = torch.randint(num_items, (todo.numel(),),
+                                  generator=generator)
+    raise DataError(f"could not sample negatives for {todo.numel()} "
+                    f"interactions after {max_rounds} rounds: some users "
+                    f"interacted with (almost) every item")
+
+
+class TripletSampler:
+    r"""All training interactions once per epoch, shuffled, each paired with
+    one fresh uniform negative (ALGORITHMS.md §2.7).
+
+    Args:
+        edge_index (Tensor): ``[2, E]`` training (user, item) edges (CPU).
+        num_items (int): :math:`I`.
+        batch_size (int): Triples per batch.
+        generator (torch.Generator, optional): Source of randomness.
+    """
+
+    def __init__(self, edge_index: Tensor, num_items: int, batch_size: int,
+                 generator: Optional[torch.Generator] = None):
+        self.batch_size = _check_batch_size(batch_size)
+        self.edge_index = edge_index.cpu()
+        self.num_items = num_items
+        self.generator = generator
+        self.keys = torch.sort(self.edge_index[0] * num_items +
+                               self.edge_index[1]).values
+        full = torch.bincount(self.edge_index[0]) >= num_items
+        if bool(full.any()):
+            raise DataError(f"user {int(full.nonzero()[0])} interacted with "
+                            f"all {num_items} items: no negative exists")
+
+    def __len__(self) -> int:
+        return -(-self.edge_index.size(1) // self.batch_size)
+
+    def __iter__(self) -> Iterator[TripletBatch]:
+        E = self.edge_index.size(1)
+        perm = torch.randperm(E, generator=self.generator)
+        users, pos = self.edge_index[0, perm], self.edge_index[1, perm]
+        neg = sample_negatives(users, self.keys, self.num_items,
+                               self.generator)
+        for start in range(0, E, self.batch_size):
+            sl = slice(start, start + self.batch_size)
+            yield TripletBatch(users[sl], pos[sl], neg[sl])
+
+
+def dense_rows(crow: Tensor, col: Tensor, users: Tensor, num_items: int,
+               dtype: torch.dtype = torch.float32) -> Tensor:
+    r"""Dense ``[B, I]`` 0/1 rows of ``users`` from a CSR structure
+    ``(crow, col)`` without any Python loop over users."""
+    start, end = crow[users], crow[users + 1]
+    counts = end - start
+    total = int(counts.sum())
+    out = torch.zeros(users.numel(), num_items, dtype=dtype,
+                      device=col.device)
+    if total == 0:
+        return out
+    row_ids = torch.repeat_interleave(
+        torch.arange(users.numel(), device=col.device), counts)
+    offsets = torch.arange(total, device=col.device) - torch.repeat_interleave(
+        torch.cumsum(counts, 0) - counts, counts)
+    cols = col[torch.repeat_interleave(start, counts) + offsets]
+    out[row_ids, cols] = 1
+    return out
+
+
+class UserRowSampler:
+    r"""Shuffled batches of users (all users or a given subset) with their
+    dense training rows.
+
+    Args:
+        csr (Tensor): ``[U, I]`` training interactions as a sparse CSR tensor.
+        batch_size (int): Users per batch.
+        users (Tensor, optional): The users to iterate over (default: all).
+        shuffle (bool): Shuffle every epoch.  (default: :obj:`True`)
+        generator (torch.Generator, optional): Source of randomness.
+    """
+
+    def __init__(self, csr: Tensor, batch_size: int,
+                 users: Optional[Tensor] = None, shuffle: bool = True,
+                 generator: Optional[torch.Generator] = None):
+        self.batch_size = _check_batch_size(batch_size)
+        self.crow = csr.crow_indices()
+        self.col = csr.col_indices()
+        self.num_users, self.num_items = csr.shape
+        self.users = (torch.arange(self.num_users) if users is None
+                      else users.cpu())
+        self.shuffle = shuffle
+        self.generator = generator
+
+    def __len__(self) -> int:
+        return -(-self.users.numel() // self.batch_size)
+
+    def rows(self, users: Tensor) -> Tensor:
+        return dense_rows(self.crow, self.col, users, self.num_items)
+
+    def __iter__(self) -> Iterator[UserBatch]:
+        users = self.users
+        if self.shuffle:
+            users = users[torch.randperm(users.numel(),
+                                         generator=self.generator)]
+        for start in range(0, users.numel(), self.batch_size):
+            b = users[start:start + self.batch_size]
+            yield UserBatch(b, self.rows(b))

@@ -1,0 +1,47 @@
+r"""Top-:math:`k` regeneration of a user-item edge set from score rows
+(DiffMM's modality-aware graph, ALGORITHMS.md §2.6)."""
+from __future__ import annotations
+
+from typing import Optional
+
+import torch
+from torch import Tensor
+
+from mmdiff.errors import ConfigError, DataError
+
+
+def regenerate_topk_graph(
+    scores: Tensor,
+    k: int,
+    users: Optional[Tensor] = None,
+    exclude: Optional[Tensor] = None,
+) -> Tensor:
+    r"""Keeps the ``k`` highest-scoring items of every row of ``scores``.
+
+    Args:
+        scores (Tensor): ``[B, I]`` scores (e.g. denoised interaction rows).
+        k (int): Items kept per row (DiffMM's ``rebuild_k``).
+        users (Tensor, optional): ``[B]`` global user ids of the rows
+            (default: ``0..B-1``).
+        exclude (Tensor, optional): ``[B, I]`` boolean mask of items that may
+            not be chosen (e.g. observed items; DiffMM does not exclude them,
+            ALGORITHMS.md D5).
+
+    Returns:
+        ``[2, B * k]`` long tensor of (user, item) edges, on the device of
+        ``scores``, ordered by row then rank.
+    """
+    if scores.dim() != 2:
+        raise DataError(f"scores must be [B, I], got {tuple(scores.shape)}")
+    if isinstance(k, bool) or not isinstance(k, int):
+        raise ConfigError(f"k must be an integer, got {k!r}")
+    if k < 1 or k > scores.size(1):
+        raise ConfigError(f"k={k} must be in [1, {scores.size(1)}] (the "
+                          f"number of items)")
+    if exclude is not None:
+        scores = scores.masked_fill(exclude, float('-inf'))
+    items = scores.topk(k, dim=1).indices
+    if users is None:
+        users = torch.arange(scores.size(0), device=scores.device)
+    return torch.stack([users.to(scores.device).repeat_interleave(k),
+                        items.reshape(-1)])
