@@ -84,6 +84,14 @@ def _dedup_sort(edges: Tensor, num_items: int, name: str,
     return torch.stack([uniq // num_items, uniq % num_items])
 
 
+def _count_common(a: Tensor, b: Tensor) -> int:
+    r"""Number of entries of ``a`` found in the sorted unique keys ``b``."""
+    if a.numel() == 0 or b.numel() == 0:
+        return 0
+    pos = torch.searchsorted(b, a).clamp_(max=b.numel() - 1)
+    return int((b[pos] == a).sum())
+
+
 def validate_features(features: ArrayLike, num_items: int,
                       name: str) -> Tensor:
     r"""Checks one modality's item features and returns them as a contiguous
@@ -171,7 +179,7 @@ def make_interaction_data(
     if not allow_overlap:
         keys = {s: e[0] * num_items + e[1] for s, e in splits.items()}
         for a, b in (('train', 'val'), ('train', 'test'), ('val', 'test')):
-            n = int(torch.isin(keys[a], keys[b]).sum()) if keys[b].numel() else 0
+            n = _count_common(keys[a], keys[b])
             if n:
                 raise DataError(f"{n} (user, item) pairs appear in both the "
                                 f"{a} and the {b} split")

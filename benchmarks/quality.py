@@ -1,0 +1,225 @@
+r"""Quality benchmark: models x datasets x seeds through the same code path as
+``mmdiff train`` (:func:`mmdiff.cli.train_run`).
+
+Every finished run is stored as ``benchmarks/results/quality_runs/<tag>.json``
+(metrics, config, command, machine, date), so grids can be run piecemeal and
+the tables are always rebuilt from all stored runs:
+``benchmarks/results/quality.md`` and ``quality.csv`` hold mean ± std of
+Recall/NDCG/Precision@10/20 of the validation-selected epoch, the
+best-test-epoch numbers (the DiffMM paper's protocol) beside them, epochs and
+seconds per epoch, and the papers' numbers where they exist.
+
+Example::
+
+    python benchmarks/quality.py --models lightgcn --datasets tiktok baby \
+        --seeds 0 --root ../shared/data
+    python benchmarks/quality.py --report-only
+"""
+from __future__ import annotations
+
+import argparse
+import csv
+import datetime as dt
+import json
+import platform
+import statistics
+import sys
+import time
+from pathlib import Path
+from typing import Dict, List
+
+import torch
+
+HERE = Path(__file__).resolve().parent
+RESULTS = HERE / 'results'
+RUNS = RESULTS / 'quality_runs'
+
+#: (model, dataset) -> (source, R@20, N@20, P@20); best-test-epoch protocol
+#: for DiffMM's Table 1, mean over runs for LD4MRec's Table 2.
+PAPER = {
+    ('lightgcn', 'tiktok'): ('DiffMM T1', 0.0653, 0.0282, 0.0033),
+    ('lightgcn', 'baby'): ('DiffMM T1', 0.0698, 0.0319, 0.0037),
+    ('lightgcn', 'sports'): ('DiffMM T1', 0.0782, 0.0369, 0.0042),
+    ('diffmm', 'tiktok'): ('DiffMM T1 (3 modalities)', 0.1129, 0.0456,
+                           0.0056),
+    ('diffmm', 'baby'): ('DiffMM T1', 0.0975, 0.0411, 0.0051),
+    ('diffmm', 'sports'): ('DiffMM T1', 0.1017, 0.0458, 0.0054),
+    ('mf', 'baby'): ('LD4MRec T2', 0.0575, 0.0249, None),
+    ('mf', 'sports'): ('LD4MRec T2', 0.0653, 0.0298, None),
+    ('ld4mrec', 'baby'): ('LD4MRec T2 (with features)', 0.0981, 0.0437,
+                          None),
+    ('ld4mrec', 'sports'): ('LD4MRec T2 (with features)', 0.1115, 0.0502,
+                            None),
+    ('ld4mrec-wobg', 'baby'): ('LD4MRec T2, DiffRec row', 0.0774, 0.0339,
+                               None),
+    ('ld4mrec-wobg', 'sports'): ('LD4MRec T2, DiffRec row', 0.0900, 0.0408,
+                                 None),
+}
+
+METRICS = [f'{m}@{k}' for k in (10, 20) for m in ('recall', 'ndcg',
+                                                   'precision')]
+
+
+def machine() -> str:
+    import os
+    return (f"{platform.machine()} {platform.processor() or ''} "
+            f"{os.cpu_count()} cores, torch {torch.__version__}, "
+            f"threads {torch.get_num_threads()}").strip()
+
+
+def run_one(model: str, dataset: str, seed: int, root: str, device: str,
+            overrides: Dict, variant: str, noise: float = 0.0) -> Dict:
+    from mmdiff.cli import dataset_key, train_run
+    from mmdiff.nn.models import get_model_class
+    from mmdiff.train.config import preset
+    cls = get_model_class(model)
+    cfg = preset(cls.name, dataset_key(dataset))
+    cfg.update(overrides)
+    t0 = time.time()
+    result, _, _ = train_run(model, dataset, root=root, seed=seed,
+                             device=device, cfg=cfg, noise=noise,
+                             log=lambda s: print(s, flush=True))
+    rec = {
+        'model': variant or model, 'dataset': dataset, 'seed': seed,
+        'noise': noise, 'config': cfg, 'metrics': result.metrics_dict(),
+        'wall_seconds': time.time() - t0,
+        'command': ' '.join(sys.argv), 'machine': machine(),
+        'date': dt.datetime.now().isoformat(timespec='seconds'),
+    }
+    return rec
+
+
+def tag_of(model, dataset, seed, noise=0.0) -> str:
+    n = f'-noise{noise:g}' if noise else ''
+    return f'{model}-{dataset}{n}-seed{seed}'
+
+
+def report() -> None:
+    runs = [json.loads(p.read_text()) for p in sorted(RUNS.glob('*.json'))]
+    groups: Dict[tuple, List[Dict]] = {}
+    for r in runs:
+        groups.setdefault((r['model'], r['dataset'], r.get('noise', 0.0)),
+                          []).append(r)
+    rows = []
+    for (model, dataset, noise), rs in sorted(groups.items()):
+        row = {'model': model, 'dataset': dataset, 'noise': noise,
+               'seeds': len(rs)}
+        for key in METRICS:
+            vals = [r['metrics'].get(f'test/{key}') for r in rs]
+            vals = [v for v in vals if v is not None]
+            row[key] = (statistics.mean(vals), statistics.pstdev(vals)) \
+                if vals else None
+        for key in ('recall@20', 'ndcg@20'):
+            vals = [r['metrics'].get(f'best_test_epoch/{key}') for r in rs]
+            vals = [v for v in vals if v is not None]
+            row[f'besttest_{key}'] = statistics.mean(vals) if vals else None
+        row['epochs'] = statistics.mean(r['metrics']['epochs_run']
+                                        for r in rs)
+        row['best_epoch'] = statistics.mean(r['metrics']['best_epoch']
+                                            for r in rs)
+        row['s_per_epoch'] = statistics.mean(r['metrics']['seconds_per_epoch']
+                                             for r in rs)
+        p = PAPER.get((model, dataset)) if not noise else None
+        row['paper'] = p
+        rows.append(row)
+
+    def ms(v):
+        return '' if v is None else f'{v[0]:.4f} ± {v[1]:.4f}'
+
+    def f(v):
+        return '' if v is None else f'{v:.4f}'
+
+    lines = [
+        '# Quality benchmark',
+        '',
+        'Test metrics of the **validation-selected** epoch (mean ± std over '
+        'seeds; early stopping on validation Recall@20), and the test '
+        'Recall/NDCG@20 of the best *test* epoch (the DiffMM paper\'s '
+        'protocol, which leaks the test set; shown only for comparison with '
+        'papers). Paper numbers: DiffMM Table 1 (best-test-epoch protocol), '
+        'LD4MRec Table 2.',
+        '',
+        'Rebuilt from every run in `benchmarks/results/quality_runs/` (each '
+        'file records its command, machine and date) by '
+        '`python benchmarks/quality.py --report-only`.',
+        '',
+        '| model | dataset | noise | seeds | R@10 | N@10 | P@10 | R@20 | '
+        'N@20 | P@20 | best-test-epoch R@20 / N@20 | paper R@20 / N@20 '
+        '(source) | epochs | best epoch | s/epoch |',
+        '|' + '---|' * 15,
+    ]
+    for r in rows:
+        p = r['paper']
+        ptxt = f'{p[1]:.4f} / {p[2]:.4f} ({p[0]})' if p else ''
+        lines.append(
+            f"| {r['model']} | {r['dataset']} | {r['noise']:g} | "
+            f"{r['seeds']} | " +
+            ' | '.join(ms(r[k]) for k in METRICS) +
+            f" | {f(r['besttest_recall@20'])} / {f(r['besttest_ndcg@20'])}"
+            f" | {ptxt} | {r['epochs']:.0f} | {r['best_epoch']:.0f} | "
+            f"{r['s_per_epoch']:.2f} |")
+    machines = sorted({r['machine'] for r in runs})
+    dates = sorted(r['date'] for r in runs)
+    lines += ['', f'Machines: {"; ".join(machines)}.',
+              f'Runs dated {dates[0]} to {dates[-1]}.' if dates else '']
+    (RESULTS / 'quality.md').write_text('\n'.join(lines) + '\n')
+    with open(RESULTS / 'quality.csv', 'w', newline='') as fh:
+        w = csv.writer(fh)
+        w.writerow(['model', 'dataset', 'noise', 'seeds'] +
+                   [f'{k}_mean' for k in METRICS] +
+                   [f'{k}_std' for k in METRICS] +
+                   ['best_test_epoch_recall@20', 'best_test_epoch_ndcg@20',
+                    'paper_recall@20', 'paper_ndcg@20', 'epochs',
+                    'best_epoch', 'seconds_per_epoch'])
+        for r in rows:
+            p = r['paper']
+            w.writerow([r['model'], r['dataset'], r['noise'], r['seeds']] +
+                       [r[k][0] if r[k] else '' for k in METRICS] +
+                       [r[k][1] if r[k] else '' for k in METRICS] +
+                       [r['besttest_recall@20'], r['besttest_ndcg@20'],
+                        p[1] if p else '', p[2] if p else '', r['epochs'],
+                        r['best_epoch'], r['s_per_epoch']])
+    print((RESULTS / 'quality.md').read_text())
+
+
+def main(argv=None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__.split('\n\n')[0])
+    ap.add_argument('--models', nargs='+', default=['lightgcn'])
+    ap.add_argument('--datasets', nargs='+', default=['synthetic'])
+    ap.add_argument('--seeds', nargs='+', type=int, default=[0])
+    ap.add_argument('--root', default=None)
+    ap.add_argument('--device', default='auto')
+    ap.add_argument('--noise', type=float, default=0.0)
+    ap.add_argument('--set', nargs='+', default=[], metavar='KEY=VALUE')
+    ap.add_argument('--variant', default=None,
+                    help='name stored for the model (e.g. ld4mrec-wobg)')
+    ap.add_argument('--force', action='store_true',
+                    help='re-run cells that already have a stored result')
+    ap.add_argument('--threads', type=int, default=None)
+    ap.add_argument('--report-only', action='store_true')
+    args = ap.parse_args(argv)
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    RUNS.mkdir(parents=True, exist_ok=True)
+    if not args.report_only:
+        from mmdiff.train.config import parse_overrides
+        overrides = parse_overrides(args.set)
+        for dataset in args.datasets:
+            for model in args.models:
+                for seed in args.seeds:
+                    name = args.variant or model
+                    path = RUNS / f'{tag_of(name, dataset, seed, args.noise)}.json'
+                    if path.exists() and not args.force:
+                        print(f'skip {path.name} (exists)')
+                        continue
+                    rec = run_one(model, dataset, seed, args.root,
+                                  args.device, overrides, name, args.noise)
+                    path.write_text(json.dumps(rec, indent=1))
+                    print(f"{path.name}: test R@20 "
+                          f"{rec['metrics']['test/recall@20']:.4f}", flush=True)
+    report()
+    return 0
+
+
+if __name__ == '__main__':
+    sys.exit(main())
