@@ -79,6 +79,36 @@ def _epoch_job(q, model, dataset, root, epochs, threads, overrides):
            'train_peak_rss_mb': train_peak})
 
 
+def _inference_job(q, model, dataset, root, threads, k):
+    torch.set_num_threads(threads)
+    from mmdiff.cli import dataset_key, load_data
+    from mmdiff.data.hetero import edge_index_of, num_items, num_users
+    from mmdiff.metrics import recommend_topk
+    from mmdiff.nn.models import get_model_class
+    from mmdiff.train import Trainer
+    from mmdiff.train.config import preset, split_config
+    data = load_data(dataset, root)
+    cls = get_model_class(model)
+    tkw, hp = split_config(preset(cls.name, dataset_key(dataset)))
+    tkw.update(epochs=1, patience=0, track_test=False)
+    m = cls.from_data(data, **hp)
+    Trainer(m, data, device='cpu', **tkw).fit()  # one epoch: graphs exist
+    m.eval()
+    U = num_users(data)
+    users = torch.arange(U)
+    best = float('inf')
+    for _ in range(3):
+        t = time.perf_counter()
+        with torch.no_grad():
+            m.prepare_scoring()
+            recommend_topk(m.score, users, k, num_items(data),
+                           train=edge_index_of(data), num_users=U)
+        best = min(best, time.perf_counter() - t)
+    q.put({'model': model, 'dataset': dataset, 'users': U, 'k': k,
+           'seconds': best, 'users_per_second': U / best,
+           'threads': threads})
+
+
 def _eval_scaling_job(q, num_users, num_items, dim, chunk, threads):
     torch.set_num_threads(threads)
     from mmdiff.metrics import full_ranking_metrics
@@ -148,6 +178,9 @@ def main(argv=None) -> int:
     ap.add_argument('--set', nargs='+', default=[], metavar='KEY=VALUE')
     ap.add_argument('--tag', default=None, help='name of this section')
     ap.add_argument('--eval-scaling', action='store_true')
+    ap.add_argument('--inference', nargs='+', default=[], metavar='MODEL',
+                    help='time top-20 recommendation for all users of the '
+                         'first --datasets entry with these models')
     args = ap.parse_args(argv)
     torch.set_num_threads(1)
     RUNS.mkdir(parents=True, exist_ok=True)
@@ -178,6 +211,25 @@ def main(argv=None) -> int:
                            '-'.join(args.datasets))
         (RUNS / f'{tag}.json').write_text(json.dumps(recs, indent=1))
         (RUNS / f'{tag}.md').write_text('\n'.join(lines) + '\n')
+    if args.inference:
+        d = args.datasets[0]
+        lines = header() + [
+            '', f'## Inference: top-20 recommendation for all users of {d}',
+            '', 'Best of 3: one `prepare_scoring()` (shared propagation) then '
+            'scores for every user in chunks of 1,024, training items masked, '
+            f'top-20. Model state after one training epoch; {args.threads} '
+            'threads.', '',
+            '| model | users | seconds | users/s |', '|---|---|---|---|']
+        recs = []
+        for m in args.inference:
+            r = in_subprocess(_inference_job, m, d, args.root, args.threads,
+                              20)
+            recs.append(r)
+            lines.append(f"| {m} | {r['users']:,} | {r['seconds']:.2f} | "
+                         f"{r['users_per_second']:,.0f} |")
+            print(lines[-1], flush=True)
+        (RUNS / f'inference-{d}.json').write_text(json.dumps(recs, indent=1))
+        (RUNS / f'inference-{d}.md').write_text('\n'.join(lines) + '\n')
     if args.eval_scaling:
         lines = header() + [
             '', '## Full-ranking evaluation: time and peak memory vs users',

@@ -1,9 +1,10 @@
 r"""Command-line interface: ``mmdiff train | evaluate | recommend | data info
 | demo``.
 
-Errors caused by the user's input are printed as one line (``error: ...``)
-and the command exits with status 2; nothing is written to ``--out`` before
-the data and the configuration have been validated.
+Errors caused by the user's input, including malformed command lines, are
+printed as one line (``error: ...``) and the command exits with status 2;
+nothing is written to ``--out`` before the data and the configuration have
+been validated.
 """
 from __future__ import annotations
 
@@ -17,6 +18,19 @@ from typing import Any, Dict, List, Optional
 from mmdiff.errors import MMDiffError
 
 DATASET_NAMES = ('synthetic', 'tiktok', 'baby', 'sports')
+DEFAULT_MODEL = 'lightgcn'
+DEFAULT_DATASET = 'synthetic'
+
+
+class _UsageError(Exception):
+    r"""A malformed command line (raised instead of argparse's usage dump
+    and ``SystemExit``, so that it is reported as one ``error:`` line)."""
+
+
+class _Parser(argparse.ArgumentParser):
+    def error(self, message):  # noqa: D102 - argparse hook
+        raise _UsageError(f"{self.prog}: {message} (see '{self.prog} "
+                          f"--help')")
 
 
 def _positive_int(s: str) -> int:
@@ -28,18 +42,23 @@ def _positive_int(s: str) -> int:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(
+    p = _Parser(
         prog='mmdiff',
         description='Multi-modal diffusion recommenders (DiffMM, LD4MRec) '
                     'on PyTorch Geometric.')
     sub = p.add_subparsers(dest='command', required=True)
 
     t = sub.add_parser('train', help='train and evaluate a model')
-    t.add_argument('--model', default='lightgcn',
-                   help='mf | lightgcn | diffmm | ld4mrec')
-    t.add_argument('--dataset', default='synthetic',
-                   help='synthetic | tiktok | baby | sports | PATH to a '
-                        'folder in the DiffMM or MMRec layout')
+    t.add_argument('--model', default=None,
+                   help='mf | lightgcn | diffmm | ld4mrec (default: '
+                        'lightgcn; with --resume it must match the run)')
+    t.add_argument('--dataset', default=None,
+                   help='synthetic | synthetic:users=N,items=M[,seed=S,'
+                        'per_user=X,modalities=image:64+text:32] | tiktok | '
+                        'baby | sports | PATH to a folder in the DiffMM or '
+                        'MMRec layout (default: synthetic; with --resume: '
+                        'the run\'s dataset, or this one if given, e.g. '
+                        'after moving the data)')
     t.add_argument('--root', default=None,
                    help='folder holding <dataset>/ for named datasets '
                         '(e.g. ../shared/data)')
@@ -69,6 +88,8 @@ def build_parser() -> argparse.ArgumentParser:
     e.add_argument('--root', default=None)
     e.add_argument('--split', default='test', choices=['val', 'test'])
     e.add_argument('--device', default='auto')
+    e.add_argument('--cpu-fallback', action='store_true',
+                   help='use the CPU when CUDA is requested but missing')
 
     r = sub.add_parser('recommend', help='top-k items for some users')
     r.add_argument('checkpoint', help='run folder or checkpoint file')
@@ -76,6 +97,8 @@ def build_parser() -> argparse.ArgumentParser:
     r.add_argument('-k', type=_positive_int, default=10)
     r.add_argument('--root', default=None)
     r.add_argument('--device', default='auto')
+    r.add_argument('--cpu-fallback', action='store_true',
+                   help='use the CPU when CUDA is requested but missing')
 
     d = sub.add_parser('data', help='dataset utilities')
     dsub = d.add_subparsers(dest='data_command', required=True)
@@ -111,14 +134,19 @@ def load_data(dataset: str, root: Optional[str] = None,
 
 
 def dataset_key(dataset: str) -> Optional[str]:
-    return dataset.lower() if dataset.lower() in DATASET_NAMES else None
+    r"""The preset section of ``dataset`` (``'synthetic:...'`` specs use
+    the ``[synthetic]`` presets)."""
+    key = str(dataset).lower()
+    if key.startswith('synthetic:'):
+        return 'synthetic'
+    return key if key in DATASET_NAMES else None
 
 
 def run_config(args) -> Dict[str, Any]:
     from mmdiff.train.config import parse_overrides, preset, user_config
     from mmdiff.nn.models import get_model_class
-    cls = get_model_class(args.model)
-    key = dataset_key(args.dataset)
+    cls = get_model_class(args.model or DEFAULT_MODEL)
+    key = dataset_key(args.dataset or DEFAULT_DATASET)
     cfg = preset(cls.name, key)
     if args.config:
         cfg.update(user_config(args.config, key))
@@ -219,10 +247,22 @@ def metrics_table(metrics: Dict[str, float], ks=(10, 20)) -> str:
 def cmd_train(args) -> int:
     if args.resume:
         from mmdiff.train.checkpoint import load_checkpoint
+        from mmdiff.errors import CheckpointError
+        from mmdiff.nn.models import get_model_class
         ckpt = load_checkpoint(args.resume)
-        c = ckpt['config']
+        c = ckpt.get('config')
+        if not isinstance(c, dict) or 'model' not in c or 'seed' not in c:
+            raise CheckpointError(f"{args.resume}: the checkpoint holds no "
+                                  f"run configuration; it cannot be resumed "
+                                  f"from the command line")
+        if args.model is not None and \
+                get_model_class(args.model).name != c['model']:
+            raise CheckpointError(f"{args.resume} holds a run of model "
+                                  f"{c['model']!r}, not {args.model!r}")
+        dataset = args.dataset if args.dataset is not None else c['dataset']
+        root = args.root if args.root is not None else c.get('root')
         result, _, _ = train_run(
-            c['model'], c['dataset'], root=c.get('root'),
+            c['model'], dataset, root=root,
             modalities=c.get('modalities'), noise=c.get('noise', 0.0),
             seed=c['seed'], device=args.device, cfg=c['hparams'],
             out=args.resume, resume=True, progress=args.progress,
@@ -231,7 +271,8 @@ def cmd_train(args) -> int:
     else:
         cfg = run_config(args)
         result, model, data = train_run(
-            args.model, args.dataset, root=args.root,
+            args.model or DEFAULT_MODEL, args.dataset or DEFAULT_DATASET,
+            root=args.root,
             modalities=args.modalities, noise=args.noise, seed=args.seed,
             device=args.device, cfg=cfg, out=args.out,
             progress=args.progress, log=None if args.quiet else print,
@@ -249,18 +290,29 @@ def cmd_train(args) -> int:
     return 0
 
 
-def _rebuild(checkpoint: str, root: Optional[str], device: str):
+def _rebuild(checkpoint: str, root: Optional[str], device: str,
+             cpu_fallback: bool = False):
     import torch
     from mmdiff.nn.models import get_model_class
     from mmdiff.train.checkpoint import load_checkpoint
     from mmdiff.train.config import split_config
     from mmdiff.train.seed import resolve_device
     from mmdiff.errors import CheckpointError
+    dev = resolve_device(device, fallback=cpu_fallback)
     path = Path(checkpoint)
     if path.is_dir() and (path / 'best_model.pt').exists():
         path = path / 'best_model.pt'
     ckpt = load_checkpoint(path)
-    c = ckpt['config']
+    c = ckpt.get('config')
+    if not isinstance(c, dict) or 'model' not in c or 'dataset' not in c:
+        raise CheckpointError(f"{path}: the checkpoint holds no run "
+                              f"configuration (model, dataset); it cannot "
+                              f"be rebuilt from the command line")
+    if ckpt.get('model_name') not in (None, '') and \
+            ckpt['model_name'] != c['model']:
+        raise CheckpointError(f"{path}: the weights belong to model "
+                              f"{ckpt['model_name']!r} but the run "
+                              f"configuration names {c['model']!r}")
     data = load_data(c['dataset'], root or c.get('root'), c.get('modalities'),
                      c.get('noise', 0.0), c.get('seed', 0))
     from mmdiff.data.hetero import num_items, num_users
@@ -278,10 +330,10 @@ def _rebuild(checkpoint: str, root: Optional[str], device: str):
     try:
         model.load_state_dict(ckpt['model_state'])
     except RuntimeError as e:
-        raise CheckpointError(f"checkpoint does not fit model "
-                              f"{c['model']!r}: {str(e).splitlines()[0]}") \
+        from mmdiff.train.checkpoint import state_dict_mismatch
+        raise CheckpointError(f"{path}: checkpoint does not fit model "
+                              f"{c['model']!r}: {state_dict_mismatch(e)}") \
             from None
-    dev = resolve_device(device)
     model.to(dev).eval()
     return model, data, dev
 
@@ -290,7 +342,8 @@ def cmd_evaluate(args) -> int:
     from mmdiff.data.hetero import edge_index_of, num_items, num_users
     from mmdiff.metrics import full_ranking_metrics
     import torch
-    model, data, dev = _rebuild(args.checkpoint, args.root, args.device)
+    model, data, dev = _rebuild(args.checkpoint, args.root, args.device,
+                                args.cpu_fallback)
     with torch.no_grad():
         model.prepare_scoring()
         m = full_ranking_metrics(model.score, edge_index_of(data, args.split),
@@ -306,7 +359,8 @@ def cmd_recommend(args) -> int:
     from mmdiff.data.hetero import edge_index_of, num_items, num_users
     from mmdiff.errors import DataError
     from mmdiff.metrics import recommend_topk
-    model, data, dev = _rebuild(args.checkpoint, args.root, args.device)
+    model, data, dev = _rebuild(args.checkpoint, args.root, args.device,
+                                args.cpu_fallback)
     U = num_users(data)
     bad = [u for u in args.users if u < 0 or u >= U]
     if bad:
@@ -357,8 +411,13 @@ def cmd_demo(args) -> int:
 
 def main(argv: Optional[List[str]] = None) -> int:
     parser = build_parser()
-    args = parser.parse_args(argv)
+    try:
+        args = parser.parse_args(argv)
+    except _UsageError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
     warnings.filterwarnings('ignore', message='.*Sparse CSR tensor support.*')
+    warnings.filterwarnings('ignore', message='.*Sparse invariant checks.*')
     handlers = {'train': cmd_train, 'evaluate': cmd_evaluate,
                 'recommend': cmd_recommend, 'data': cmd_data,
                 'demo': cmd_demo}

@@ -32,8 +32,9 @@ METRICS = ('recall', 'ndcg', 'precision', 'hit')
 def check_ks(ks: Sequence[int], num_items: int) -> list:
     r"""Validates the cut-offs: positive integers not larger than the number
     of items."""
-    if isinstance(ks, int) and not isinstance(ks, bool):
-        ks = [ks]
+    if isinstance(ks, (int, float, str, bytes)) or not hasattr(ks,
+                                                              '__iter__'):
+        ks = [ks]  # a single cut-off (validated below)
     out = []
     for k in ks:
         if isinstance(k, bool) or not isinstance(k, int):

@@ -273,6 +273,60 @@ DATASETS = {'tiktok': TikTok, 'baby': AmazonBaby, 'sports': AmazonSports}
 DATASET_NAMES = ('synthetic',) + tuple(DATASETS)
 
 
+#: ``synthetic:`` spec keys -> :func:`~mmdiff.data.synthetic.make_synthetic`
+#: arguments.
+SYNTHETIC_KEYS = {'users': 'num_users', 'items': 'num_items', 'seed': 'seed',
+                  'latent_dim': 'latent_dim',
+                  'per_user': 'interactions_per_user',
+                  'modalities': 'modalities'}
+
+
+def parse_synthetic_spec(spec: str) -> Dict[str, Any]:
+    r"""Parses ``'synthetic:users=200,items=150,seed=1,per_user=10,
+    latent_dim=8,modalities=image:16+text:8'`` into keyword arguments of
+    :func:`~mmdiff.data.synthetic.make_synthetic`.
+
+    ``users``, ``items``, ``seed`` and ``latent_dim`` are integers,
+    ``per_user`` (mean interactions per user) a number, ``modalities`` a
+    ``+``-separated list of ``name:dim`` (a bare ``name`` gets 32
+    dimensions; ``none`` means no modality).
+    Unknown keys and malformed values raise
+    :class:`~mmdiff.errors.ConfigError`."""
+    head, _, body = str(spec).partition(':')
+    if head.lower() != 'synthetic':
+        raise ConfigError(f"{spec!r} is not a synthetic dataset spec")
+    out: Dict[str, Any] = {}
+    for part in filter(None, (p.strip() for p in body.split(','))):
+        key, eq, value = part.partition('=')
+        key, value = key.strip().lower(), value.strip()
+        if not eq or key not in SYNTHETIC_KEYS:
+            raise ConfigError(
+                f"dataset {spec!r}: bad item {part!r}; expected key=value "
+                f"with key in {sorted(SYNTHETIC_KEYS)}, e.g. "
+                f"'synthetic:users=200,items=150'")
+        if key == 'modalities':
+            mods: Dict[str, int] = {}
+            if value.lower() != 'none':
+                for m in filter(None, value.split('+')):
+                    name, colon, dim = m.partition(':')
+                    try:
+                        mods[name.strip()] = int(dim) if colon else 32
+                    except ValueError:
+                        raise ConfigError(
+                            f"dataset {spec!r}: modality {m!r} must look "
+                            f"like name:dim with an integer dim") from None
+            out['modalities'] = mods
+            continue
+        try:
+            out[SYNTHETIC_KEYS[key]] = (float(value) if key == 'per_user'
+                                        else int(value))
+        except ValueError:
+            kind = 'a number' if key == 'per_user' else 'an integer'
+            raise ConfigError(f"dataset {spec!r}: {key} must be {kind}, got "
+                              f"{value!r}") from None
+    return out
+
+
 def get_dataset(name_or_path: PathLike, root: Optional[PathLike] = None,
                 modalities: Modalities = None, *,
                 cache_dir: Optional[PathLike] = None) -> HeteroData:
@@ -283,6 +337,9 @@ def get_dataset(name_or_path: PathLike, root: Optional[PathLike] = None,
     * ``'synthetic'``: read ``root/synthetic`` if ``root`` is given and that
       folder exists, else generate :func:`~mmdiff.data.synthetic.
       make_synthetic` with its defaults.
+    * ``'synthetic:key=value,...'``: a generated dataset with other sizes,
+      e.g. ``'synthetic:users=200,items=150'`` (see
+      :func:`parse_synthetic_spec`); usable as ``mmdiff train --dataset``.
     * anything else: a dataset folder in either layout
       (:func:`~mmdiff.data.readers.load_folder`).
 
@@ -303,6 +360,10 @@ def get_dataset(name_or_path: PathLike, root: Optional[PathLike] = None,
             return load_folder(folder, modalities=modalities)
         from mmdiff.data.synthetic import make_synthetic
         return _select(make_synthetic(), modalities)
+    if lower.startswith('synthetic:'):
+        from mmdiff.data.synthetic import make_synthetic
+        return _select(make_synthetic(**parse_synthetic_spec(key)),
+                       modalities)
     if Path(key).expanduser().exists():
         return load_folder(Path(key).expanduser(), modalities=modalities)
     raise ConfigError(f"unknown dataset {key!r}: not one of "

@@ -18,6 +18,9 @@ def seed_everything(seed: int) -> torch.Generator:
     contradicts ``deterministic``)."""
     if isinstance(seed, bool) or not isinstance(seed, int):
         raise ConfigError(f"seed must be an integer, got {seed!r}")
+    if not -2 ** 63 <= seed < 2 ** 64:
+        raise ConfigError(f"seed {seed} is out of range (a seed must fit "
+                          f"in 64 bits)")
     random.seed(seed)
     np.random.seed(seed % (2 ** 32))
     torch.manual_seed(seed)
@@ -44,7 +47,8 @@ def resolve_device(device: Optional[str] = 'auto',
                 return torch.device('cpu')
             raise DeviceError(f"device {device!r} requested but CUDA is not "
                               f"available on this machine (use --device cpu "
-                              f"or --device auto)")
+                              f"or --device auto, or --cpu-fallback to fall "
+                              f"back to the CPU)")
         if dev.index is not None and dev.index >= torch.cuda.device_count():
             raise DeviceError(f"device {device!r} requested but only "
                               f"{torch.cuda.device_count()} CUDA device(s) "

@@ -39,6 +39,7 @@ from mmdiff.train.checkpoint import (
     atomic_save,
     atomic_write_text,
     load_checkpoint,
+    state_dict_mismatch,
 )
 from mmdiff.train.seed import resolve_device, seed_everything
 
@@ -145,12 +146,10 @@ class Trainer:
         self.eval_every = _check_int('eval_every', eval_every, 1)
         self.patience = _check_int('patience', patience, 0)
         self.eval_chunk = _check_int('eval_chunk', eval_chunk, 1)
-        self.ks = check_ks(list(ks), num_items(data))
-        if monitor.split('@')[0] not in ('recall', 'ndcg', 'precision',
-                                         'hit') or \
-                monitor not in {f'{m}@{k}' for m in ('recall', 'ndcg',
-                                                     'precision', 'hit')
-                                for k in self.ks}:
+        self.ks = check_ks(ks, num_items(data))
+        computed = {f'{m}@{k}' for m in ('recall', 'ndcg', 'precision',
+                                         'hit') for k in self.ks}
+        if not isinstance(monitor, str) or monitor not in computed:
             raise ConfigError(f"monitor {monitor!r} is not one of the "
                               f"computed metrics (ks={self.ks})")
         self.monitor = monitor
@@ -249,9 +248,18 @@ class Trainer:
         if ckpt['model_name'] != name:
             raise CheckpointError(f"checkpoint belongs to model "
                                   f"{ckpt['model_name']!r}, not {name!r}")
-        self.model.load_state_dict(ckpt['model_state'])
-        for opt, st in zip(self.optimizers, ckpt['optimizers']):
-            opt.load_state_dict(st)
+        try:
+            self.model.load_state_dict(ckpt['model_state'])
+            if len(ckpt['optimizers']) != len(self.optimizers):
+                raise ValueError(f"{len(ckpt['optimizers'])} optimiser "
+                                 f"state(s) for {len(self.optimizers)} "
+                                 f"training phase(s)")
+            for opt, st in zip(self.optimizers, ckpt['optimizers']):
+                opt.load_state_dict(st)
+        except (RuntimeError, ValueError, KeyError) as e:
+            raise CheckpointError(
+                f"checkpoint does not fit this {name!r} model (other "
+                f"hyper-parameters?): {state_dict_mismatch(e)}") from None
         torch.set_rng_state(ckpt['rng_torch'])
         if ckpt['rng_cuda'] and torch.cuda.is_available():
             torch.cuda.set_rng_state_all(ckpt['rng_cuda'])
@@ -303,15 +311,23 @@ class Trainer:
                                   disable=not self.progress):
                     batch = batch.to(self.device)
                     out = phase.loss(batch)
-                    for k, v in out.items():
-                        v = float(v.detach())
-                        if not math.isfinite(v):
-                            raise TrainingError(
-                                f"epoch {epoch}: the '{k}' loss of phase "
-                                f"'{phase.name}' is {v} (non-finite); "
-                                f"training stopped"
-                                + (f", last good checkpoint kept in "
-                                   f"{self.out_dir}" if self.out_dir else ''))
+                    values = {k: float(v.detach()) for k, v in out.items()}
+                    bad = [k for k, v in values.items()
+                           if not math.isfinite(v)]
+                    if bad:
+                        # name the culprit term rather than the total
+                        terms = [k for k in bad if k != 'loss'] or bad
+                        k = terms[0]
+                        also = [t for t in bad if t != k]
+                        raise TrainingError(
+                            f"epoch {epoch}: the '{k}' loss of phase "
+                            f"'{phase.name}' is {values[k]} (non-finite"
+                            + (f"; also non-finite: {', '.join(also)}"
+                               if also else '')
+                            + "); training stopped"
+                            + (f", last good checkpoint kept in "
+                               f"{self.out_dir}" if self.out_dir else ''))
+                    for k, v in values.items():
                         sums[k] = sums.get(k, 0.0) + v
                     opt.zero_grad(set_to_none=True)
                     out['loss'].backward()

@@ -1,0 +1,183 @@
+r"""Crash safety: a training process killed with SIGKILL mid-run and resumed
+with ``mmdiff train --resume DIR`` ends with exactly the metrics of an
+uninterrupted run of the same seed (CPU); checkpoints are written
+atomically; a non-finite loss stops training and keeps the last good
+checkpoint."""
+from __future__ import annotations
+
+import json
+import math
+import os
+import signal
+import subprocess
+import sys
+import time
+import warnings
+from pathlib import Path
+
+import pytest
+import torch
+
+from mmdiff.cli import main
+from mmdiff.data.datasets import get_dataset
+from mmdiff.errors import TrainingError
+from mmdiff.nn.models import MF, MODELS, register_model
+from mmdiff.train import Trainer
+from mmdiff.train.checkpoint import atomic_save, load_checkpoint
+
+ROOT = Path(__file__).resolve().parents[1]
+EPOCHS = 30
+ARGS = ['train', '--model', 'lightgcn', '--dataset',
+        'synthetic:users=300,items=200', '--epochs', str(EPOCHS),
+        '--patience', '0', '--batch-size', '256', '--seed', '7',
+        '--device', 'cpu', '--set', 'embedding_dim=8', '--quiet']
+
+
+@pytest.fixture(autouse=True)
+def _one_thread():
+    # the killed subprocess runs with OMP_NUM_THREADS=1: match it in-process
+    n = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(n)
+
+
+def _cli(*argv) -> None:
+    with warnings.catch_warnings():
+        warnings.simplefilter('ignore', UserWarning)
+        assert main([str(a) for a in argv]) == 0
+
+
+def _metrics(run: Path) -> dict:
+    m = json.loads((run / 'metrics.json').read_text())
+    return {k: v for k, v in m.items()
+            if not k.startswith('seconds_per_epoch')}
+
+
+def _history(run: Path) -> list:
+    rows = [json.loads(ln) for ln in
+            (run / 'history.jsonl').read_text().splitlines()]
+    return [{k: v for k, v in r.items() if not k.startswith('time/')}
+            for r in rows]
+
+
+def test_sigkill_mid_training_then_resume_matches_uninterrupted(tmp_path):
+    killed = tmp_path / 'killed'
+    env = dict(os.environ, OMP_NUM_THREADS='1', MKL_NUM_THREADS='1',
+               PYTHONWARNINGS='ignore')
+    proc = subprocess.Popen(
+        [sys.executable, '-m', 'mmdiff.cli', *ARGS, '--out', str(killed)],
+        cwd=ROOT, env=env, stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE)
+    seen = -1
+    try:
+        deadline = time.monotonic() + 180
+        while time.monotonic() < deadline and proc.poll() is None:
+            if (killed / 'checkpoint.pt').exists():
+                # never a partial file: the checkpoint is replaced atomically
+                seen = load_checkpoint(killed)['epoch']
+                if seen >= 1:
+                    break
+            time.sleep(0.02)
+        assert proc.poll() is None, (
+            f"the run ended before it could be killed: "
+            f"{proc.stderr.read().decode()[-2000:]}")
+        proc.send_signal(signal.SIGKILL)
+        proc.wait(timeout=60)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+        proc.stderr.close()
+    assert proc.returncode == -signal.SIGKILL
+    assert seen >= 1
+    # the run was interrupted mid-way: no final outputs, a usable checkpoint
+    assert not (killed / 'metrics.json').exists()
+    assert not (killed / 'best_model.pt').exists()
+    ck = load_checkpoint(killed)
+    assert 1 <= ck['epoch'] < EPOCHS - 1
+
+    _cli('train', '--resume', killed, '--quiet')
+    full = tmp_path / 'full'
+    _cli(*ARGS, '--out', full)
+
+    assert _metrics(killed) == _metrics(full)
+    assert _metrics(full)['epochs_run'] == EPOCHS
+    assert _history(killed) == _history(full)
+    assert [r['epoch'] for r in _history(killed)] == list(range(EPOCHS))
+    assert load_checkpoint(killed)['epoch'] == EPOCHS - 1
+
+
+# Atomic writes ##############################################################
+
+def test_failed_checkpoint_write_keeps_the_previous_file(tmp_path):
+    path = tmp_path / 'checkpoint.pt'
+    good = {'format': 'mmdiff-checkpoint-v1', 'epoch': 3,
+            'w': torch.arange(5.)}
+    atomic_save(good, path)
+
+    class Boom:
+        def __reduce__(self):
+            raise RuntimeError('disk on fire')
+    big = {'format': 'mmdiff-checkpoint-v1', 'epoch': 4,
+           'w': torch.zeros(100_000), 'boom': Boom()}
+    with pytest.raises(RuntimeError, match='disk on fire'):
+        atomic_save(big, path)
+    ck = load_checkpoint(path)
+    assert ck['epoch'] == 3 and torch.equal(ck['w'], torch.arange(5.))
+    assert [p.name for p in tmp_path.iterdir()] == ['checkpoint.pt']
+
+
+# Numerical guard #############################################################
+
+class NaNFromEpoch2(MF):
+    r"""MF whose BPR term becomes NaN from epoch 2 on."""
+    name = 'nan_from_epoch_2'
+
+    def on_epoch_start(self, epoch: int) -> None:
+        self._epoch = epoch
+
+    def loss(self, batch):
+        out = super().loss(batch)
+        if self._epoch >= 2:
+            out['bpr'] = out['bpr'] * float('nan')
+            out['loss'] = out['bpr'] + out['reg']
+        return out
+
+
+def _assert_last_good_checkpoint(run: Path) -> None:
+    ck = load_checkpoint(run)
+    assert ck['epoch'] == 1
+    assert all(torch.isfinite(v).all() for v in ck['model_state'].values())
+    assert len(ck['history']) == 2
+    assert all(math.isfinite(r['bpr/loss']) for r in ck['history'])
+    assert not (run / 'metrics.json').exists()
+
+
+def test_non_finite_loss_names_epoch_and_term_keeps_checkpoint(tmp_path):
+    data = get_dataset('synthetic:users=60,items=40')
+    model = NaNFromEpoch2.from_data(data, embedding_dim=4)
+    with pytest.raises(TrainingError,
+                       match=r"epoch 2: the 'bpr' loss of phase 'bpr' is nan "
+                             r"\(non-finite; also non-finite: loss\); "
+                             r"training stopped, last good checkpoint kept "
+                             r"in"):
+        Trainer(model, data, epochs=5, batch_size=64, out_dir=tmp_path / 'a'
+                ).fit()
+    _assert_last_good_checkpoint(tmp_path / 'a')
+
+
+def test_non_finite_loss_through_the_cli(tmp_path, capsys):
+    register_model(NaNFromEpoch2)
+    try:
+        rc = main(['train', '--model', NaNFromEpoch2.name, '--dataset',
+                   'synthetic:users=60,items=40', '--epochs', '5',
+                   '--batch-size', '64', '--set', 'embedding_dim=4',
+                   '--out', str(tmp_path / 'b'), '--quiet'])
+    finally:
+        MODELS.pop(NaNFromEpoch2.name, None)
+    err = [ln for ln in capsys.readouterr().err.splitlines() if ln.strip()]
+    assert rc == 2
+    assert len(err) == 1 and err[0].startswith(
+        "error: epoch 2: the 'bpr' loss of phase 'bpr' is nan"), err
+    _assert_last_good_checkpoint(tmp_path / 'b')
