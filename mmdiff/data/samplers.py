@@ -17,7 +17,7 @@ import torch
 from torch import Tensor
 
 from mmdiff.errors import ConfigError, DataError
-from mmdiff.nn.models.base import TripletBatch, UserBatch
+from mmdiff.data.batch import TripletBatch, UserBatch
 
 
 def _check_batch_size(batch_size: int) -> int:

@@ -34,31 +34,7 @@ import torch
 from torch import Tensor
 from torch_geometric.data import HeteroData
 
-
-@dataclass
-class TripletBatch:
-    r"""A BPR mini-batch: ``users[k]`` interacted with ``pos[k]`` and not with
-    ``neg[k]``.  All three are ``[B]`` long tensors on the model's device."""
-    users: Tensor
-    pos: Tensor
-    neg: Tensor
-
-    def to(self, device) -> 'TripletBatch':
-        return TripletBatch(self.users.to(device), self.pos.to(device),
-                            self.neg.to(device))
-
-
-@dataclass
-class UserBatch:
-    r"""A mini-batch of users with their dense training rows.
-
-    ``users`` is ``[B]`` (long) and ``rows`` is ``[B, I]`` (float, 0/1).  Only
-    the rows of the batch are ever densified."""
-    users: Tensor
-    rows: Tensor
-
-    def to(self, device) -> 'UserBatch':
-        return UserBatch(self.users.to(device), self.rows.to(device))
+from mmdiff.data.batch import TripletBatch, UserBatch  # noqa: F401
 
 
 @dataclass
