@@ -9,6 +9,7 @@ from mmdiff.nn.models.base import (
     TripletBatch,
     UserBatch,
 )
+from mmdiff.nn.models.diffmm import DiffMM
 from mmdiff.nn.models.ld4mrec import LD4MRec
 from mmdiff.nn.models.lightgcn import LightGCN
 from mmdiff.nn.models.mf import MF
@@ -16,6 +17,7 @@ from mmdiff.nn.models.mf import MF
 MODELS: Dict[str, Type[Recommender]] = {
     'mf': MF,
     'lightgcn': LightGCN,
+    'diffmm': DiffMM,
     'ld4mrec': LD4MRec,
 }
 
@@ -36,4 +38,4 @@ def get_model_class(name: str) -> Type[Recommender]:
 
 
 __all__ = ['Recommender', 'TrainingPhase', 'TripletBatch', 'UserBatch',
-           'MF', 'LightGCN', 'LD4MRec', 'MODELS', 'register_model', 'get_model_class']
+           'MF', 'LightGCN', 'DiffMM', 'LD4MRec', 'MODELS', 'register_model', 'get_model_class']

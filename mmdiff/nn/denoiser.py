@@ -1,0 +1,243 @@
+r"""DiffMM's per-modality denoiser (ALGORITHMS.md §2.5), the DiffRec MLP that
+predicts a clean interaction row :math:`\hat{x}_0` from a noisy row
+:math:`x_t` and its diffusion step :math:`t`."""
+from __future__ import annotations
+
+import math
+from typing import Optional, Sequence
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor
+
+from mmdiff.errors import ConfigError
+from mmdiff.nn.diffusion import timestep_embedding
+
+
+#: Row strides (in elements) of large float32 matrix-product outputs are
+#: rounded up to a multiple of this; see :func:`mm_aligned`.
+ALIGN = 16
+
+
+def mm_aligned(a: Tensor, b: Tensor, bias: Optional[Tensor] = None
+               ) -> Tensor:
+    r""":math:`a b` (+ ``bias`` broadcast over rows) for plain tensors (no
+    autograd), written into a buffer whose row stride is a multiple of
+    :data:`ALIGN` elements; returns the ``[M, N]`` view.
+
+    On x86 CPUs a float32 GEMM whose output rows are not 32-byte aligned
+    (e.g. :math:`N = 6710` items) runs ~1.5x slower than the same product
+    with a padded row stride (measured with MKL/oneDNN on AVX-512).  Other
+    devices, dtypes, aligned or small outputs use a plain product.
+    """
+    M, N = a.size(0), b.size(1)
+    if (a.device.type != 'cpu' or a.dtype != torch.float32
+            or b.dtype != torch.float32 or N % ALIGN == 0 or M * N < 2 ** 20):
+        return torch.addmm(bias, a, b) if bias is not None else a @ b
+    pad = -(-N // ALIGN) * ALIGN
+    out = torch.empty(M, pad, dtype=a.dtype, device=a.device)[:, :N]
+    if bias is None:
+        out.addmm_(a, b, beta=0)
+    else:
+        out.copy_(bias.expand(M, N))
+        out.addmm_(a, b)
+    return out
+
+
+class _FirstLayer(torch.autograd.Function):
+    r""":math:`x W_x^\top + e W_e^\top + b` for ``weight = [W_x | W_e]``
+    (float32, CPU), with the weight gradient written straight into an
+    aligned ``[h, I + d_t]`` buffer (no slice-gradient copies, no
+    misaligned GEMM output) and no gradient for the constant rows ``x``."""
+
+    @staticmethod
+    def forward(ctx, x, emb, weight, bias):
+        n = x.size(1)
+        ctx.save_for_backward(x, emb, weight)
+        return torch.addmm(torch.addmm(bias, emb, weight[:, n:].t()), x,
+                           weight[:, :n].t())
+
+    @staticmethod
+    def backward(ctx, grad):
+        x, emb, weight = ctx.saved_tensors
+        n = x.size(1)
+        h, cols = weight.shape
+        pad = -(-cols // ALIGN) * ALIGN
+        grad_w = torch.empty(h, pad, dtype=weight.dtype,
+                             device=weight.device)[:, :cols]
+        grad_w[:, :n].addmm_(grad.t(), x, beta=0)
+        grad_w[:, n:] = grad.t() @ emb
+        grad_x = grad @ weight[:, :n] if ctx.needs_input_grad[0] else None
+        grad_emb = grad @ weight[:, n:] if ctx.needs_input_grad[1] else None
+        return grad_x, grad_emb, grad_w, grad.sum(0)
+
+
+def _diffrec_init_(layer: torch.nn.Linear) -> None:
+    std = math.sqrt(2.0 / (layer.in_features + layer.out_features))
+    with torch.no_grad():
+        layer.weight.normal_(0.0, std)
+        layer.bias.normal_(0.0, 0.001)
+
+
+class DiffMMDenoiser(torch.nn.Module):
+    r"""The DiffRec / DiffMM denoising MLP ("Denoise" in the official code).
+
+    With hidden sizes ``hidden_dims`` :math:`= [h_1, \dots, h_k]` the layer
+    sizes are ``out_dims = hidden_dims + [I]`` and ``in_dims =
+    reversed(out_dims)``; the first in-layer also receives the step
+    embedding.  For the default ``[1000]``: ``Linear(I + d_t -> 1000)`` then
+    ``Linear(1000 -> I)``.
+
+    .. math::
+        \mathbf{e}_t &= W_e\, \mathrm{sinusoid}_{d_t}(t) + \mathbf{b}_e
+        \qquad (\cos | \sin \text{ form, no activation}) \\
+        \mathbf{h}_0 &= [\,\mathrm{drop}_p(\mathrm{n}(x_t))\,;\,
+        \mathbf{e}_t\,], \qquad
+        \mathbf{h}_{l} = \tanh(W_l \mathbf{h}_{l-1} + \mathbf{b}_l)
+        \ \ \text{(every in-layer, every out-layer but the last)} \\
+        \hat{x}_0 &= W_{out} \mathbf{h} + \mathbf{b}_{out}
+        \qquad \text{(linear output, unbounded)}
+
+    where :math:`\mathrm{n}` is the optional row L2-normalisation (``norm``)
+    and the input dropout :math:`\mathrm{drop}_p` is active only in training
+    mode and when the call asks for it (the reverse process of DiffMM's graph
+    regeneration calls it without dropout).  Every weight is initialised
+    :math:`\mathcal{N}(0, \sqrt{2/(\text{fan}_{in}+\text{fan}_{out})})`,
+    every bias :math:`\mathcal{N}(0, 0.001)` (the DiffRec init).
+
+    The forward pass is split into :meth:`input_projection`,
+    :meth:`step_term`, :meth:`hidden` and :meth:`output`, so that
+    :class:`~mmdiff.nn.interaction_diffusion.InteractionDiffusion` can run the
+    reverse process without re-multiplying :math:`[B, I]` inputs (exact
+    algebraic rearrangement, see there).
+
+    Args:
+        num_items (int): :math:`I` (input and output width).
+        hidden_dims (list of int): Hidden sizes.  (default: ``[1000]``)
+        time_dim (int): :math:`d_t`, step-embedding size.  (default: ``10``)
+        dropout (float): Input dropout probability.  (default: ``0.5``)
+        norm (bool): Row-normalise the input.  (default: :obj:`False`)
+
+    Shapes:
+        - **input:** rows :math:`(B, I)` (dense), steps :math:`(B)` (long)
+        - **output:** :math:`\hat{x}_0` :math:`(B, I)`
+    """
+
+    def __init__(self, num_items: int, hidden_dims: Sequence[int] = (1000,),
+                 time_dim: int = 10, dropout: float = 0.5,
+                 norm: bool = False):
+        super().__init__()
+        hidden_dims = [int(h) for h in hidden_dims]
+        if num_items < 1:
+            raise ConfigError(f"num_items must be >= 1, got {num_items}")
+        if not hidden_dims or any(h < 1 for h in hidden_dims):
+            raise ConfigError(f"hidden_dims must be a non-empty list of "
+                              f"positive sizes, got {hidden_dims}")
+        if time_dim < 1:
+            raise ConfigError(f"time_dim must be >= 1, got {time_dim}")
+        if not 0.0 <= dropout < 1.0:
+            raise ConfigError(f"dropout must be in [0, 1), got {dropout}")
+        self.num_items = num_items
+        self.hidden_dims = hidden_dims
+        self.time_dim = time_dim
+        self.dropout = dropout
+        self.norm = norm
+
+        out_dims = hidden_dims + [num_items]
+        in_dims = out_dims[::-1]
+        in_sizes = [in_dims[0] + time_dim] + in_dims[1:]
+        self.emb_layer = torch.nn.Linear(time_dim, time_dim)
+        self.in_layers = torch.nn.ModuleList(
+            torch.nn.Linear(a, b) for a, b in zip(in_sizes[:-1],
+                                                  in_sizes[1:]))
+        self.out_layers = torch.nn.ModuleList(
+            torch.nn.Linear(a, b) for a, b in zip(out_dims[:-1],
+                                                  out_dims[1:]))
+        self.reset_parameters()
+
+    def reset_parameters(self) -> None:
+        r"""DiffRec init: :math:`W \sim \mathcal{N}(0, \sqrt{2/(\text{fan}
+        _{in} + \text{fan}_{out})})`, :math:`b \sim \mathcal{N}(0,
+        0.001)`."""
+        for layer in [self.emb_layer, *self.in_layers, *self.out_layers]:
+            _diffrec_init_(layer)
+
+    # The forward pass in pieces -------------------------------------------
+    @property
+    def first_layer(self) -> torch.nn.Linear:
+        return self.in_layers[0]
+
+    @property
+    def last_layer(self) -> torch.nn.Linear:
+        return self.out_layers[-1]
+
+    def input_projection(self, x: Tensor) -> Tensor:
+        r""":math:`W^{(x)}_1 x` — the first layer's weight restricted to the
+        item columns (no bias), ``[B, h]``.  ``x`` may be a sparse CSR
+        matrix (e.g. clean 0/1 rows)."""
+        weight = self.first_layer.weight[:, :self.num_items]
+        if x.layout == torch.sparse_csr:
+            return torch.sparse.mm(x, weight.t().contiguous())
+        return F.linear(x, weight)
+
+    def step_term(self, t: Tensor) -> Tensor:
+        r""":math:`W^{(e)}_1 \mathbf{e}_t + \mathbf{b}_1`, ``[B, h]``: the
+        first layer's contribution of the step embedding plus its bias."""
+        emb = self.emb_layer(timestep_embedding(t, self.time_dim).to(
+            self.emb_layer.weight.dtype))
+        return F.linear(emb, self.first_layer.weight[:, self.num_items:],
+                        self.first_layer.bias)
+
+    def hidden(self, pre: Tensor) -> Tensor:
+        r"""From the first layer's pre-activation to the input of the last
+        (linear) layer."""
+        h = torch.tanh(pre)
+        for layer in self.in_layers[1:]:
+            h = torch.tanh(layer(h))
+        for layer in self.out_layers[:-1]:
+            h = torch.tanh(layer(h))
+        return h
+
+    def output(self, h: Tensor) -> Tensor:
+        r"""The last, linear layer: :math:`\hat{x}_0 = W_{out} h +
+        b_{out}`."""
+        return self.last_layer(h)
+
+    def forward(self, x: Tensor, t: Tensor, dropout: bool = True) -> Tensor:
+        r"""Predicts :math:`\hat{x}_0` (``[B, I]``) from noisy rows ``x``
+        (``[B, I]``) at steps ``t`` (``[B]``, 0-based).  Input dropout runs
+        only if ``dropout`` and the module is in training mode."""
+        return self.output(self.hidden_state(x, t, dropout))
+
+    def hidden_state(self, x: Tensor, t: Tensor,
+                     dropout: bool = True) -> Tensor:
+        r"""Everything but the last (linear) layer: the hidden vector
+        :math:`\mathbf{h}` with :math:`\hat{x}_0 = W_{out}\mathbf{h} +
+        \mathbf{b}_{out}`, ``[B, h']``."""
+        if x.dim() != 2 or x.size(1) != self.num_items:
+            raise ValueError(f"expected rows of shape [B, {self.num_items}], "
+                             f"got {tuple(x.shape)}")
+        if self.norm:
+            x = F.normalize(x, dim=1)
+        if dropout and self.training and self.dropout > 0:
+            # Same distribution as F.dropout (keep w.p. 1-p, scale 1/(1-p));
+            # a uniform draw + compare is ~2x faster than bernoulli_ on CPU.
+            keep = torch.rand(x.shape, device=x.device) >= self.dropout
+            x = (x * keep).mul_(1.0 / (1.0 - self.dropout))
+        # W_1 [x ; e_t] + b_1 computed as W_1^(x) x + (W_1^(e) e_t + b_1):
+        # the same value, but autograd never forms the [B, I] gradient of
+        # the (constant) input rows.
+        first = self.first_layer
+        if (x.dtype == torch.float32 and x.device.type == 'cpu'
+                and first.weight.dtype == torch.float32
+                and not torch.is_autocast_enabled('cpu')):
+            emb = self.emb_layer(timestep_embedding(t, self.time_dim))
+            pre = _FirstLayer.apply(x, emb, first.weight, first.bias)
+        else:
+            pre = self.input_projection(x) + self.step_term(t).to(x.dtype)
+        return self.hidden(pre)
+
+    def __repr__(self) -> str:
+        return (f'{self.__class__.__name__}({self.num_items}, '
+                f'hidden_dims={self.hidden_dims}, time_dim={self.time_dim}, '
+                f'dropout={self.dropout}, norm={self.norm})')
