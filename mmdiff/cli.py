@@ -82,6 +82,9 @@ def build_parser() -> argparse.ArgumentParser:
                    help='continue the interrupted run in DIR')
     t.add_argument('--progress', action='store_true', help='progress bars')
     t.add_argument('--quiet', action='store_true', help='no per-epoch log')
+    t.add_argument('--threads', type=_positive_int, default=None,
+                   help='CPU threads for torch (default: torch\'s choice; '
+                        'on small shared VMs 1 is often fastest)')
 
     e = sub.add_parser('evaluate', help='evaluate a saved run')
     e.add_argument('checkpoint', help='run folder or checkpoint file')
@@ -113,6 +116,7 @@ def build_parser() -> argparse.ArgumentParser:
     m.add_argument('--seed', type=_positive_int, default=0)
     m.add_argument('--device', default='auto')
     m.add_argument('--out', default=None)
+    m.add_argument('--threads', type=_positive_int, default=None)
     return p
 
 
@@ -244,7 +248,17 @@ def metrics_table(metrics: Dict[str, float], ks=(10, 20)) -> str:
 
 
 # ----------------------------------------------------------------------
+def _set_threads(n) -> None:
+    if n is not None:
+        if n < 1:
+            from mmdiff.errors import ConfigError
+            raise ConfigError(f"--threads must be >= 1, got {n}")
+        import torch
+        torch.set_num_threads(n)
+
+
 def cmd_train(args) -> int:
+    _set_threads(args.threads)
     if args.resume:
         from mmdiff.train.checkpoint import load_checkpoint
         from mmdiff.errors import CheckpointError
@@ -385,8 +399,8 @@ def cmd_data(args) -> int:
 
 
 def cmd_demo(args) -> int:
-    from mmdiff.nn.models import get_model_class
-    from mmdiff.nn.models import MODELS
+    from mmdiff.nn.models import MODELS, get_model_class
+    _set_threads(args.threads)
     rows = []
     for name in args.models or list(MODELS):
         get_model_class(name)
