@@ -116,7 +116,9 @@ def build_parser() -> argparse.ArgumentParser:
     m.add_argument('--seed', type=_positive_int, default=0)
     m.add_argument('--device', default='auto')
     m.add_argument('--out', default=None)
-    m.add_argument('--threads', type=_positive_int, default=None)
+    m.add_argument('--threads', type=_positive_int, default=1,
+                   help='CPU threads (default 1: the demo models are tiny '
+                        'and extra threads only add synchronisation)')
     return p
 
 
