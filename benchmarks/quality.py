@@ -76,8 +76,14 @@ def run_one(model: str, dataset: str, seed: int, root: str, device: str,
     cfg = preset(cls.name, dataset_key(dataset))
     cfg.update(overrides)
     t0 = time.time()
+    # Each run keeps its checkpoints in runs/quality/<tag>/ (git-ignored), so
+    # an interrupted run continues where it stopped when the script is rerun.
+    out = HERE.parent / 'runs' / 'quality' / tag_of(variant or model, dataset,
+                                                    seed, noise)
+    resume = (out / 'checkpoint.pt').exists()
     result, _, _ = train_run(model, dataset, root=root, seed=seed,
                              device=device, cfg=cfg, noise=noise,
+                             out=str(out), resume=resume,
                              log=lambda s: print(s, flush=True))
     rec = {
         'model': variant or model, 'dataset': dataset, 'seed': seed,
