@@ -39,3 +39,12 @@ def tiny():
 def requires_shared(name):
     return pytest.mark.skipif(not (SHARED_DATA / name).exists(),
                               reason=f'{SHARED_DATA / name} not available')
+
+
+@pytest.fixture
+def one_thread():
+    r"""Run a test single-threaded (2 shared cores: avoid oversubscription)."""
+    n = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(n)

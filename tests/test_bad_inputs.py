@@ -50,12 +50,7 @@ U, I, DIM = 30, 25, 8
 CFG = {'epochs': 1, 'batch_size': 64, 'patience': 0, 'embedding_dim': 4}
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)  # 2 shared cores: avoid oversubscription
-    yield
-    torch.set_num_threads(n)
+pytestmark = pytest.mark.usefixtures('one_thread')
 
 
 # Building blocks ############################################################

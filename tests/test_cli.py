@@ -23,12 +23,7 @@ ROOT = Path(__file__).resolve().parents[1]
 SMALL = 'synthetic:users=120,items=80'
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)  # 2 shared cores: avoid oversubscription
-    yield
-    torch.set_num_threads(n)
+pytestmark = pytest.mark.usefixtures('one_thread')
 
 
 def _run(capsys, *argv) -> str:
