@@ -36,8 +36,16 @@ def main(argv=None) -> int:
     ap.add_argument('--seeds', nargs='+', type=int, default=[0])
     ap.add_argument('--device', default='auto')
     ap.add_argument('--set', nargs='+', default=[], metavar='KEY=VALUE')
+    ap.add_argument('--variant', nargs='+', default=[], metavar='MODEL=NAME',
+                    help='store MODEL under NAME (e.g. diffmm=diffmm-bf16 '
+                         'together with --set for that variant)')
+    ap.add_argument('--threads', type=int, default=None)
     ap.add_argument('--report-only', action='store_true')
     args = ap.parse_args(argv)
+    if args.threads:
+        import torch
+        torch.set_num_threads(args.threads)
+    names = dict(v.split('=', 1) for v in args.variant)
     quality.RUNS.mkdir(parents=True, exist_ok=True)
     if not args.report_only:
         from mmdiff.train.config import parse_overrides
@@ -45,26 +53,29 @@ def main(argv=None) -> int:
         for ratio in args.ratios:
             for model in args.models:
                 for seed in args.seeds:
+                    name = names.get(model, model)
                     path = quality.RUNS / (
-                        quality.tag_of(model, args.dataset, seed, ratio) +
+                        quality.tag_of(name, args.dataset, seed, ratio) +
                         '.json')
                     if path.exists():
                         print(f'skip {path.name}')
                         continue
                     rec = quality.run_one(model, args.dataset, seed,
-                                          args.root, args.device, ov, model,
+                                          args.root, args.device, ov, name,
                                           noise=ratio)
                     path.write_text(json.dumps(rec, indent=1))
-    report(args.models, args.dataset, args.ratios)
+    report([names.get(m, m) for m in args.models], args.dataset,
+           args.ratios, args.seeds)
     return 0
 
 
-def report(models, dataset, ratios) -> None:
+def report(models, dataset, ratios, seeds=None) -> None:
     runs = [json.loads(p.read_text())
             for p in sorted(quality.RUNS.glob(f'*-{dataset}*.json'))]
     table = {}
     for r in runs:
-        if r['model'] in models and r['dataset'] == dataset:
+        if (r['model'] in models and r['dataset'] == dataset
+                and (seeds is None or r['seed'] in seeds)):
             table.setdefault((r['model'], float(r.get('noise', 0.0))),
                              []).append(r['metrics']['test/recall@20'])
     lines = ['# Noisy training', '',

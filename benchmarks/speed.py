@@ -48,23 +48,38 @@ def matmul_rate(dtype=torch.float32, n: int = 2048, reps: int = 5) -> float:
     return 2 * n ** 3 * reps / (time.perf_counter() - t) / 1e9
 
 
-def _epoch_job(q, model, dataset, root, epochs, threads, overrides):
+def attach_features(data, features: Dict[str, int], seed: int = 0):
+    r"""Give every item seeded Gaussian features ``name -> dim`` (for
+    scale tests on interaction-only datasets such as Sports)."""
+    if not features:
+        return data
+    n = data['item'].num_nodes
+    g = torch.Generator().manual_seed(seed)
+    for name, dim in features.items():
+        data['item'][name] = torch.randn(n, dim, generator=g)
+    return data
+
+
+def _epoch_job(q, model, dataset, root, epochs, threads, overrides,
+               features=None):
     torch.set_num_threads(threads)
     from mmdiff.cli import dataset_key, load_data
     from mmdiff.nn.models import get_model_class
     from mmdiff.train import Trainer
     from mmdiff.train.config import preset, split_config
     from mmdiff.train.seed import seed_everything
-    data = load_data(dataset, root)
+    data = attach_features(load_data(dataset, root), features or {})
     cls = get_model_class(model)
     cfg = preset(cls.name, dataset_key(dataset))
     cfg.update(overrides)
     tkw, hp = split_config(cfg)
     tkw.update(epochs=epochs, patience=0, track_test=False)
     seed_everything(0)
+    t_build = time.perf_counter()
     base = peak_rss_mb()
     m = cls.from_data(data, **hp)
     tr = Trainer(m, data, device='cpu', **tkw)
+    build_s = time.perf_counter() - t_build
     res = tr.fit()
     train_peak = peak_rss_mb()
     t = time.perf_counter()
@@ -74,7 +89,10 @@ def _epoch_job(q, model, dataset, root, epochs, threads, overrides):
            'threads': threads, 'overrides': overrides,
            'phases': {k: v for k, v in res.phase_seconds.items()},
            'seconds_per_epoch': res.seconds_per_epoch,
-           'eval_test_seconds': eval_s,
+           'eval_test_seconds': eval_s, 'build_seconds': build_s,
+           'features': features or {},
+           'num_users': int(data['user'].num_nodes),
+           'num_items': int(data['item'].num_nodes),
            'peak_rss_mb': peak_rss_mb(), 'data_rss_mb': base,
            'train_peak_rss_mb': train_peak})
 
@@ -176,6 +194,9 @@ def main(argv=None) -> int:
     ap.add_argument('--epochs', type=int, default=2)
     ap.add_argument('--threads', type=int, default=torch.get_num_threads())
     ap.add_argument('--set', nargs='+', default=[], metavar='KEY=VALUE')
+    ap.add_argument('--features', nargs='+', default=[], metavar='NAME=DIM',
+                    help='attach seeded random item features (e.g. '
+                         'image=4096 text=384) to each dataset')
     ap.add_argument('--tag', default=None, help='name of this section')
     ap.add_argument('--eval-scaling', action='store_true')
     ap.add_argument('--inference', nargs='+', default=[], metavar='MODEL',
@@ -188,21 +209,29 @@ def main(argv=None) -> int:
     if args.models:
         from mmdiff.train.config import parse_overrides
         ov = parse_overrides(args.set)
+        feats = {k: int(v) for k, v in (f.split('=', 1)
+                                        for f in args.features)}
+        fnote = (', synthetic features ' + ', '.join(
+            f'{k} {v}' for k, v in feats.items())) if feats else ''
         lines += ['', f'## Epoch phases ({args.epochs} epochs, '
-                      f'{args.threads} threads{", " + str(ov) if ov else ""})',
+                      f'{args.threads} threads{", " + str(ov) if ov else ""}'
+                      f'{fnote})',
                   '',
-                  '| model | dataset | phase seconds per epoch | train s/epoch'
+                  '| model | dataset | users x items | model build s | '
+                  'phase seconds per epoch | train s/epoch'
                   ' | full test evaluation s | peak RSS MB |',
-                  '|---|---|---|---|---|---|']
+                  '|---|---|---|---|---|---|---|---|']
         recs = []
         for d in args.datasets:
             for m in args.models:
                 r = in_subprocess(_epoch_job, m, d, args.root, args.epochs,
-                                  args.threads, ov)
+                                  args.threads, ov, feats)
                 recs.append(r)
                 ph = ', '.join(f'{k} {v:.2f}' for k, v in r['phases'].items()
                                if k not in ('train', 'epoch'))
-                lines.append(f"| {m} | {d} | {ph} | "
+                lines.append(f"| {m} | {d} | {r['num_users']:,} x "
+                             f"{r['num_items']:,} | {r['build_seconds']:.1f} "
+                             f"| {ph} | "
                              f"{r['seconds_per_epoch']:.2f} | "
                              f"{r['eval_test_seconds']:.2f} | "
                              f"{r['peak_rss_mb']:.0f} |")

@@ -169,6 +169,7 @@ def test_phases():
     assert [list(map(id, p.parameters)) for p in again] == \
         [list(map(id, p.parameters)) for p in phases]
     assert phases[0].after is not None
+    assert phases[0].after_name == 'regenerate'
 
 
 def test_diffusion_loss_trains_only_denoisers():
@@ -304,6 +305,9 @@ def test_training_epochs_reduce_loss():
     hist = res.history
     assert hist[-1]['bpr/loss'] < hist[0]['bpr/loss']
     assert hist[-1]['diffusion/loss'] < hist[0]['diffusion/loss']
+    # the regeneration (the diffusion phase's after-hook) is timed apart
+    assert {'diffusion', 'regenerate', 'bpr'} <= set(res.phase_seconds)
+    assert all(r['time/regenerate'] > 0 for r in hist)
     for k in ('recall@10', 'ndcg@10'):
         assert math.isfinite(res.test_metrics[k])
         assert 0.0 <= res.test_metrics[k] <= 1.0

@@ -345,8 +345,8 @@ class Trainer:
                         extra = phase.after() or {}
                     row.update({f'{phase.name}/{k}': v
                                 for k, v in extra.items()})
-                    row[f'time/{phase.name}_after'] = \
-                        time.perf_counter() - t1
+                    after = phase.after_name or f'{phase.name}_after'
+                    row[f'time/{after}'] = time.perf_counter() - t1
             row['time/train'] = time.perf_counter() - t_epoch
             last = epoch == self.epochs - 1
             if (epoch + 1) % self.eval_every == 0 or last:

@@ -52,6 +52,8 @@ class TrainingPhase:
         batch_size (int, optional): Overrides the trainer's batch size.
         after (callable, optional): Run without gradients once the phase has
             consumed all its batches; may return a dict of logged values.
+        after_name (str, optional): Name under which the time of ``after``
+            is logged (``time/<after_name>``; default ``<name>_after``).
     """
     name: str
     batches: str
@@ -61,6 +63,7 @@ class TrainingPhase:
     weight_decay: float = 0.0
     batch_size: Optional[int] = None
     after: Optional[Callable[[], Optional[Dict[str, float]]]] = None
+    after_name: Optional[str] = None
 
     def __post_init__(self):
         if self.batches not in ('triplets', 'users'):

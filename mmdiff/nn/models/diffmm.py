@@ -454,7 +454,8 @@ class DiffMM(Recommender):
             out.append(TrainingPhase(
                 'diffusion', 'users', self.diffusion_loss,
                 self.denoiser_parameters(), lr=self.lr, weight_decay=0.0,
-                batch_size=self.batch, after=self.regenerate_graphs))
+                batch_size=self.batch, after=self.regenerate_graphs,
+                after_name='regenerate'))
         out.append(TrainingPhase(
             'bpr', 'triplets', self.bpr_loss, self.main_parameters(),
             lr=self.lr, weight_decay=0.0, batch_size=self.batch))
