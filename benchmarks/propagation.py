@@ -21,9 +21,14 @@ import platform
 import statistics
 import sys
 import time
+import warnings
 from pathlib import Path
 
 import torch
+
+# torch's one-time notices about its beta sparse-CSR support are noise here
+warnings.filterwarnings('ignore', message='.*Sparse CSR tensor support.*')
+warnings.filterwarnings('ignore', message='.*Sparse invariant checks.*')
 
 HERE = Path(__file__).resolve().parent
 

@@ -24,10 +24,15 @@ import platform
 import resource
 import sys
 import time
+import warnings
 from pathlib import Path
 from typing import Dict, List
 
 import torch
+
+# torch's one-time notices about its beta sparse-CSR support are noise here
+warnings.filterwarnings('ignore', message='.*Sparse CSR tensor support.*')
+warnings.filterwarnings('ignore', message='.*Sparse invariant checks.*')
 
 HERE = Path(__file__).resolve().parent
 RESULTS = HERE / 'results'

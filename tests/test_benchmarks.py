@@ -1,0 +1,102 @@
+"""The benchmark scripts' bookkeeping: tables built from stored runs, the
+noisy-training shares, synthetic features for scale runs."""
+import json
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+BENCH = Path(__file__).resolve().parent.parent / 'benchmarks'
+sys.path.insert(0, str(BENCH))
+
+import noisy  # noqa: E402
+import quality  # noqa: E402
+import speed  # noqa: E402
+
+
+def _run(model, dataset, seed, noise, r20, n20=0.01):
+    metrics = {f'test/{k}@{K}': 0.0 for k in
+               ('recall', 'ndcg', 'precision') for K in (10, 20)}
+    metrics.update({'test/recall@20': r20, 'test/ndcg@20': n20,
+                    'best_test_epoch/recall@20': r20 + 0.001,
+                    'best_test_epoch/ndcg@20': n20,
+                    'epochs_run': 10, 'best_epoch': 4,
+                    'seconds_per_epoch': 1.5})
+    return {'model': model, 'dataset': dataset, 'seed': seed,
+            'noise': noise, 'metrics': metrics, 'machine': 'test box',
+            'date': '2026-01-01T00:00:00', 'command': 'x', 'config': {}}
+
+
+@pytest.fixture
+def results(tmp_path, monkeypatch):
+    runs = tmp_path / 'quality_runs'
+    runs.mkdir()
+    monkeypatch.setattr(quality, 'RESULTS', tmp_path)
+    monkeypatch.setattr(quality, 'RUNS', runs)
+
+    def put(rec):
+        name = quality.tag_of(rec['model'], rec['dataset'], rec['seed'],
+                              rec['noise'])
+        (runs / f'{name}.json').write_text(json.dumps(rec))
+    return tmp_path, put
+
+
+def test_quality_report_mean_std_and_references(results):
+    out, put = results
+    put(_run('diffmm', 'tiktok', 0, 0.0, 0.10))
+    put(_run('diffmm', 'tiktok', 1, 0.0, 0.12))
+    put(_run('lightgcn', 'sports', 0, 0.0, 0.08))
+    quality.report()
+    md = (out / 'quality.md').read_text()
+    row = next(ln for ln in md.splitlines() if ln.startswith('| diffmm |'))
+    cells = [c.strip() for c in row.strip('|').split('|')]
+    assert cells[3] == '2'                       # seeds
+    assert cells[7] == '0.1100 ± 0.0100'         # R@20 mean ± pstdev
+    assert cells[10] == '0.1110 / 0.0100'        # best-test-epoch
+    assert cells[11] == '0.1070 / 0.0450'        # official code here
+    assert 'DiffMM T1' in cells[12]              # paper
+    lgn = next(ln for ln in md.splitlines() if ln.startswith('| lightgcn'))
+    assert '0.0782 / 0.0369' in lgn
+    csv_text = (out / 'quality.csv').read_text().splitlines()
+    assert csv_text[0].startswith('model,dataset,noise,seeds')
+    assert len(csv_text) == 3
+
+
+def test_noisy_report_share_kept_and_seed_filter(results):
+    out, put = results
+    put(_run('lightgcn', 'tiktok', 0, 0.0, 0.080))
+    put(_run('lightgcn', 'tiktok', 0, 0.1, 0.060))
+    put(_run('lightgcn', 'tiktok', 0, 0.2, 0.040))
+    put(_run('ld4mrec', 'tiktok', 0, 0.0, 0.070))
+    put(_run('ld4mrec', 'tiktok', 1, 0.0, 0.010))  # other seed: ignored
+    put(_run('ld4mrec', 'tiktok', 0, 0.2, 0.063))
+    put(_run('lightgcn', 'baby', 0, 0.1, 0.5))     # other dataset: ignored
+    noisy.report(['lightgcn', 'ld4mrec'], 'tiktok', [0, 0.1, 0.2], [0])
+    md = (out / 'noisy.md').read_text()
+    lgn = next(ln for ln in md.splitlines() if ln.startswith('| lightgcn'))
+    assert [c.strip() for c in lgn.strip('|').split('|')] == \
+        ['lightgcn', '0.0800', '0.0600', '0.0400', '75.0 %', '50.0 %']
+    ld4 = next(ln for ln in md.splitlines() if ln.startswith('| ld4mrec'))
+    assert [c.strip() for c in ld4.strip('|').split('|')] == \
+        ['ld4mrec', '0.0700', '', '0.0630', '', '90.0 %']
+    rows = [r.split(',') for r in
+            (out / 'noisy.csv').read_text().splitlines()[1:]]
+    kept = {(m, float(n)): float(k) for m, n, _, k in rows}
+    assert kept[('ld4mrec', 0.2)] == pytest.approx(0.9)
+    assert kept[('lightgcn', 0.0)] == 1.0
+    assert ('ld4mrec', 0.1) not in kept
+
+
+def test_attach_features_seeded_and_enumerated():
+    from mmdiff.data import make_synthetic
+    from mmdiff.data.hetero import get_modalities
+    data = make_synthetic(num_users=30, num_items=20, modalities={})
+    a = speed.attach_features(data, {'image': 16, 'text': 4}, seed=3)
+    mods = get_modalities(a)
+    assert {k: tuple(v.shape) for k, v in mods.items()} == \
+        {'image': (20, 16), 'text': (20, 4)}
+    b = speed.attach_features(make_synthetic(num_users=30, num_items=20,
+                                             modalities={}),
+                              {'image': 16, 'text': 4}, seed=3)
+    assert torch.equal(get_modalities(b)['image'], mods['image'])
