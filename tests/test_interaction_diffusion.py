@@ -246,3 +246,49 @@ def test_fused_loss_equals_materialised_loss(dims):
         torch.testing.assert_close(a[k], b[k], rtol=1e-4, atol=1e-4)
     for x, y in zip(ga, gb):
         assert float((x - y).norm() / y.norm()) < 1e-5
+
+
+def test_denoise_topk_float32_equals_denoise_then_topk():
+    diff = make()
+    x0 = (torch.rand(6, I) < 0.3).float()
+    vals, items = diff.denoise_topk(x0, 3)
+    ref = diff.denoise(x0).topk(3, dim=1)
+    assert torch.equal(items, ref.indices)
+    assert torch.allclose(vals, ref.values)
+    ex = x0 > 0
+    _, items = diff.denoise_topk(x0, 4, exclude=ex)
+    assert not ex.gather(1, items).any()
+    with pytest.raises(ConfigError, match='k must be'):
+        diff.denoise_topk(x0, I + 1)
+
+
+def test_denoise_topk_bf16_rescores_candidates_in_float32():
+    # A wide output layer whose rows differ by less than bf16 rounding:
+    # plain bf16 rows tie and topk picks by index; the refined path
+    # recovers the float32 order of the bf16 hidden state.
+    torch.manual_seed(0)
+    n_items = 64
+    diff = InteractionDiffusion.diffmm(n_items, hidden_dims=[8],
+                                       dropout=0.0)
+    last = diff.denoiser.last_layer
+    with torch.no_grad():
+        base = torch.randn(1, last.weight.size(1))
+        last.weight.copy_(base + 1e-4 * torch.randn_like(last.weight))
+        last.bias.zero_()
+    x0 = (torch.rand(5, n_items) < 0.3).float()
+    diff.autocast_bf16 = True
+    vals, items = diff.denoise_topk(x0, 2, refine=n_items)
+    # exact float32 output layer on the bf16 hidden state
+    with torch.autocast('cpu', dtype=torch.bfloat16):
+        h = diff._fused_denoise(x0, return_hidden=True)
+    c1 = float(diff.diffusion.posterior_mean_coef1[0])
+    exact = (h.float() @ last.weight.t() + last.bias) * c1
+    ref = exact.topk(2, dim=1)
+    assert torch.equal(items, ref.indices)
+    assert torch.allclose(vals, ref.values, atol=1e-6)
+    plain = diff.denoise(x0)
+    assert (plain == plain.max(1, keepdim=True).values).sum() > 5  # ties
+    # generate_topk_edges uses the refined selection
+    edges = generate_topk_edges(diff, x0.to_sparse_csr(), 5, n_items, 2,
+                                batch_size=2)
+    assert torch.equal(edges[1].view(5, 2), items)

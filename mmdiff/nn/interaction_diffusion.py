@@ -26,7 +26,6 @@ from mmdiff.errors import ConfigError, DataError
 from mmdiff.graph import (
     dropout_normalized_edges,
     normalized_edges,
-    regenerate_topk_graph,
 )
 from mmdiff.nn.denoiser import DiffMMDenoiser, mm_aligned
 from mmdiff.nn.diffusion import GaussianDiffusion
@@ -256,6 +255,46 @@ class InteractionDiffusion(torch.nn.Module):
                 out = self._plain_denoise(x0)
         return out.float()
 
+    @torch.no_grad()
+    def denoise_topk(self, x0: Tensor, k: int,
+                     exclude: Optional[Tensor] = None,
+                     refine: int = 16) -> Tuple[Tensor, Tensor]:
+        r"""The ``k`` highest entries of every generated row,
+        ``(values [B, k], items [B, k])``, as :meth:`denoise` followed by
+        ``topk`` (``exclude``: ``[B, I]`` boolean mask of items that may not
+        be chosen).
+
+        Under ``autocast_bf16`` the generated rows carry ~3 significant
+        digits, so near-equal items would tie and ``topk`` would pick by
+        index.  Here the ``k + refine`` best items of the bfloat16 rows are
+        re-scored exactly (float32 output layer on those candidates only),
+        which restores the float32 ranking at a negligible cost unless more
+        than ``refine`` items sit within bfloat16 rounding of the
+        ``k``-th."""
+        I = x0.size(1)
+        if isinstance(k, bool) or not isinstance(k, int) or not 1 <= k <= I:
+            raise ConfigError(f"k must be an integer in [1, {I}], got {k!r}")
+        if not (self.autocast_bf16 and self._can_fuse()):
+            gen = self.denoise(x0)
+            if exclude is not None:
+                gen = gen.masked_fill(exclude, float('-inf'))
+            return gen.topk(k, dim=1)
+        with _autocast(True, x0.device):
+            h = self._fused_denoise(x0, return_hidden=True)
+            approx = self.denoiser.output(h).float()
+        if exclude is not None:
+            approx.masked_fill_(exclude, float('-inf'))
+        cand = approx.topk(min(k + max(int(refine), 0), I), dim=1).indices
+        last = self.denoiser.last_layer
+        w = last.weight.float()[cand]                            # [B, c, h]
+        exact = torch.bmm(w, h.float().unsqueeze(2)).squeeze(2) \
+            + last.bias.float()[cand]
+        exact.mul_(float(self.diffusion.posterior_mean_coef1[0]))
+        if exclude is not None:
+            exact.masked_fill_(exclude.gather(1, cand), float('-inf'))
+        vals, pos = exact.topk(k, dim=1)
+        return vals, cand.gather(1, pos)
+
     def _plain_denoise(self, x0: Tensor) -> Tensor:
         was_training = self.denoiser.training
         if not isinstance(self.denoiser, DiffMMDenoiser):
@@ -293,7 +332,8 @@ class InteractionDiffusion(torch.nn.Module):
         r"""Frees the cached reverse-process constants."""
         self._rev_cache = None
 
-    def _fused_denoise(self, x0: Tensor) -> Tensor:
+    def _fused_denoise(self, x0: Tensor,
+                       return_hidden: bool = False) -> Tensor:
         den: DiffMMDenoiser = self.denoiser
         diff = self.diffusion
         B, dev = x0.size(0), x0.device
@@ -318,6 +358,8 @@ class InteractionDiffusion(torch.nn.Module):
             a = float(c1[step]) * (h @ m.t() + c) + float(c2[step]) * a
         t = torch.zeros(B, dtype=torch.long, device=dev)
         h = den.hidden(a + den.step_term(t))
+        if return_hidden:
+            return h
         last = den.last_layer
         if (not self.autocast_bf16 and h.dtype == torch.float32
                 and last.weight.dtype == torch.float32):
@@ -463,10 +505,10 @@ def generate_topk_edges(diffusion: InteractionDiffusion, csr_or_sampler,
             if rows.size(1) != num_items:
                 raise DataError(f"interaction rows have {rows.size(1)} "
                                 f"columns, expected {num_items}")
-            gen = diffusion.denoise(rows)
             exclude = rows.to_dense() > 0 if exclude_observed else None
-            parts.append(regenerate_topk_graph(gen, k, users=users,
-                                               exclude=exclude))
+            _, items = diffusion.denoise_topk(rows, k, exclude=exclude)
+            parts.append(torch.stack([users.repeat_interleave(k),
+                                      items.reshape(-1)]))
     finally:
         diffusion.clear_cache()
     return torch.cat(parts, dim=1)
