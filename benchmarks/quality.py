@@ -206,7 +206,58 @@ def report() -> None:
                        [r['besttest_recall@20'], r['besttest_ndcg@20'],
                         p[1] if p else '', p[2] if p else '', r['epochs'],
                         r['best_epoch'], r['s_per_epoch']])
+    ablation_report(runs)
     print((RESULTS / 'quality.md').read_text())
+
+
+#: full model -> [(ablated variant, what it removes)]; the ablation table
+#: compares runs with the same dataset and seed.
+ABLATIONS = {
+    'diffmm-bf16': [
+        ('diffmm-bf16-no-modal-graphs',
+         'w/o modality-aware graphs (no diffusion, no regeneration)'),
+        ('diffmm-bf16-no-contrastive', 'w/o cross-modal contrastive loss'),
+        ('diffmm-bf16-no-msi', 'w/o modality-aware signal injection'),
+    ],
+}
+
+
+def ablation_report(runs: List[Dict]) -> None:
+    by = {(r['model'], r['dataset'], r['seed'], r.get('noise', 0.0)): r
+          for r in runs}
+    lines = ['# Ablations', '',
+             'Test metrics of the validation-selected epoch for each '
+             'variant and the same seed as the full model; the change of '
+             'Recall@20 relative to the full model. Runs and their commands '
+             'are in `quality_runs/`.', '',
+             '| dataset | seed | variant | R@20 | N@20 | P@20 | '
+             'best-test-epoch R@20 | epochs | best epoch | change of R@20 |',
+             '|' + '---|' * 10]
+    n = 0
+    for full, variants in ABLATIONS.items():
+        for (m, d, seed, noise), base in sorted(by.items()):
+            if m != full or noise:
+                continue
+            b20 = base['metrics']['test/recall@20']
+            rows = [(full + ' (full)', base, None)]
+            rows += [(f'{v}: {what}', by[(v, d, seed, 0.0)],
+                      by[(v, d, seed, 0.0)]['metrics']['test/recall@20'] /
+                      b20 - 1.0)
+                     for v, what in variants if (v, d, seed, 0.0) in by]
+            if len(rows) == 1:
+                continue
+            for name, r, ch in rows:
+                mt = r['metrics']
+                lines.append(
+                    f"| {d} | {seed} | {name} | {mt['test/recall@20']:.4f} | "
+                    f"{mt['test/ndcg@20']:.4f} | "
+                    f"{mt['test/precision@20']:.4f} | "
+                    f"{mt.get('best_test_epoch/recall@20', float('nan')):.4f}"
+                    f" | {mt['epochs_run']} | {mt['best_epoch']} | "
+                    f"{'' if ch is None else f'{100 * ch:+.1f} %'} |")
+                n += 1
+    if n:
+        (RESULTS / 'ablation.md').write_text('\n'.join(lines) + '\n')
 
 
 def main(argv=None) -> int:

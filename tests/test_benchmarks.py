@@ -100,3 +100,16 @@ def test_attach_features_seeded_and_enumerated():
                                              modalities={}),
                               {'image': 16, 'text': 4}, seed=3)
     assert torch.equal(get_modalities(b)['image'], mods['image'])
+
+
+def test_ablation_table_pairs_variants_with_the_same_seed(results):
+    out, put = results
+    put(_run('diffmm-bf16', 'tiktok', 0, 0.0, 0.100))
+    put(_run('diffmm-bf16-no-msi', 'tiktok', 0, 0.0, 0.090))
+    put(_run('diffmm-bf16-no-contrastive', 'tiktok', 1, 0.0, 0.05))
+    quality.report()
+    md = (out / 'ablation.md').read_text()
+    rows = [ln for ln in md.splitlines() if ln.startswith('| tiktok')]
+    assert len(rows) == 2       # the seed-1 variant has no full-model run
+    assert 'diffmm-bf16 (full)' in rows[0]
+    assert 'no-msi' in rows[1] and rows[1].rstrip().endswith('-10.0 % |')
