@@ -48,6 +48,7 @@ RUNS = RESULTS / 'quality_runs'
 OFFICIAL_HERE = {
     ('diffmm', 'tiktok'): (0.1070, 0.0450),
     ('diffmm-bf16', 'tiktok'): (0.1070, 0.0450),
+    ('diffmm-bf16-plaintopk', 'tiktok'): (0.1070, 0.0450),
 }
 
 PAPER = {
