@@ -72,12 +72,15 @@ def main(argv=None) -> int:
 def report(models, dataset, ratios, seeds=None) -> None:
     runs = [json.loads(p.read_text())
             for p in sorted(quality.RUNS.glob(f'*-{dataset}*.json'))]
-    table = {}
+    table, nusers, used = {}, {}, []
     for r in runs:
         if (r['model'] in models and r['dataset'] == dataset
-                and (seeds is None or r['seed'] in seeds)):
-            table.setdefault((r['model'], float(r.get('noise', 0.0))),
-                             []).append(r['metrics']['test/recall@20'])
+                and (seeds is None or r['seed'] in seeds)
+                and float(r.get('noise', 0.0)) in map(float, ratios)):
+            key = (r['model'], float(r.get('noise', 0.0)))
+            table.setdefault(key, []).append(r['metrics']['test/recall@20'])
+            nusers[key] = r['metrics'].get('test/num_users', 0)
+            used.append(r)
     lines = ['# Noisy training', '',
              f'Dataset: {dataset}. Random unobserved interactions added to '
              'train and validation (8:1), test clean; test Recall@20 of the '
@@ -100,6 +103,20 @@ def report(models, dataset, ratios, seeds=None) -> None:
             f'{means[r]:.4f}' if r in means else '' for r in ratios) + ' | ' +
             ' | '.join(f'{100 * v:.1f} %' if v is not None else ''
                        for v in kept.values()) + ' |')
+    se = [f'{m} at noise {r:g}: ±{(v * (1 - v) / n) ** 0.5:.4f}'
+          for (m, r), v, n in sorted(
+              ((k, statistics.mean(vs), nusers[k]) for k, vs in table.items()
+               if k in nusers and k[0] in models), key=str)
+          if n and r == 0]
+    lines += ['', 'Binomial standard error of a clean Recall@20 (most test '
+              'users hold one item): ' + '; '.join(se) + '. Differences '
+              'smaller than about two of these are within seed noise.', '',
+              'Runs (each JSON in `quality_runs/` has the full config):', '']
+    for r in sorted(used, key=lambda r: (r['model'], r.get('noise', 0))):
+        mt = r['metrics']
+        lines.append(f"- {r['model']} noise {r.get('noise', 0):g} seed "
+                     f"{r['seed']}: {mt['epochs_run']} epochs (best "
+                     f"{mt['best_epoch']}), `{r['command']}`")
     out = quality.RESULTS
     (out / 'noisy.md').write_text('\n'.join(lines) + '\n')
     with open(out / 'noisy.csv', 'w', newline='') as fh:
