@@ -27,7 +27,7 @@ import sys
 import time
 import warnings
 from pathlib import Path
-from typing import Dict, List
+from typing import Dict, List, Optional
 
 import torch
 
@@ -103,11 +103,39 @@ def run_one(model: str, dataset: str, seed: int, root: str, device: str,
     rec = {
         'model': variant or model, 'dataset': dataset, 'seed': seed,
         'noise': noise, 'config': cfg, 'metrics': result.metrics_dict(),
+        'history': compact_history(out),
         'wall_seconds': time.time() - t0,
         'command': ' '.join(sys.argv), 'machine': machine(),
         'date': dt.datetime.now().isoformat(timespec='seconds'),
     }
     return rec
+
+
+#: per-epoch values kept in each run record (for capped comparisons)
+HISTORY_KEYS = ('val/recall@20', 'val/ndcg@20', 'test/recall@20',
+                'test/ndcg@20', 'test/precision@20')
+
+
+def compact_history(out: Path) -> List[Dict]:
+    r"""The per-epoch validation/test metrics of a run folder."""
+    path = Path(out) / 'history.jsonl'
+    if not path.exists():
+        return []
+    rows = [json.loads(line) for line in path.read_text().splitlines()
+            if line.strip()]
+    return [{'epoch': r['epoch'], **{k: r[k] for k in HISTORY_KEYS
+                                     if k in r}} for r in rows]
+
+
+def capped(rec: Dict, epochs: int) -> Optional[Dict]:
+    r"""Test metrics of the validation-selected epoch among the first
+    ``epochs`` epochs of a stored run (``None`` without a history)."""
+    hist = [h for h in rec.get('history', [])
+            if h['epoch'] < epochs and 'val/recall@20' in h]
+    if not hist:
+        return None
+    best = max(hist, key=lambda h: h['val/recall@20'])  # first max wins
+    return best
 
 
 def tag_of(model, dataset, seed, noise=0.0) -> str:
@@ -223,6 +251,31 @@ ABLATIONS = {
 }
 
 
+def capped_notes(base: Dict, variants: List[tuple]) -> List[str]:
+    r"""When the variants ran fewer epochs than the full model, compare
+    them with the full model's selection within the same epoch budget."""
+    out = []
+    for cap in sorted({int(r['config'].get('epochs', 0))
+                       for _, r in variants}):
+        if not cap or cap >= base['metrics']['epochs_run']:
+            continue
+        c = capped(base, cap)
+        if c is None:
+            continue
+        ref = c['test/recall@20']
+        changes = ', '.join(
+            f"{v} {100 * (r['metrics']['test/recall@20'] / ref - 1):+.1f} %"
+            for v, r in variants if int(r['config'].get('epochs', 0)) == cap)
+        out.append(
+            f"{base['dataset']}, seed {base['seed']}: the variants ran at "
+            f"most {cap} epochs; within its first {cap} epochs the full model "
+            f"selects epoch {c['epoch']} (val R@20 "
+            f"{c['val/recall@20']:.4f}), test R@20 "
+            f"{c['test/recall@20']:.4f} / N@20 {c['test/ndcg@20']:.4f}; "
+            f"changes of R@20 relative to that: {changes}.")
+    return out
+
+
 def ablation_report(runs: List[Dict]) -> None:
     by = {(r['model'], r['dataset'], r['seed'], r.get('noise', 0.0)): r
           for r in runs}
@@ -234,7 +287,7 @@ def ablation_report(runs: List[Dict]) -> None:
              '| dataset | seed | variant | R@20 | N@20 | P@20 | '
              'best-test-epoch R@20 | epochs | best epoch | change of R@20 |',
              '|' + '---|' * 10]
-    n = 0
+    n, notes = 0, []
     for full, variants in ABLATIONS.items():
         for (m, d, seed, noise), base in sorted(by.items()):
             if m != full or noise:
@@ -247,6 +300,9 @@ def ablation_report(runs: List[Dict]) -> None:
                      for v, what in variants if (v, d, seed, 0.0) in by]
             if len(rows) == 1:
                 continue
+            notes += capped_notes(base, [(v, by[(v, d, seed, 0.0)])
+                                         for v, _ in variants
+                                         if (v, d, seed, 0.0) in by])
             for name, r, ch in rows:
                 mt = r['metrics']
                 lines.append(
@@ -258,6 +314,7 @@ def ablation_report(runs: List[Dict]) -> None:
                     f"{'' if ch is None else f'{100 * ch:+.1f} %'} |")
                 n += 1
     if n:
+        lines += [''] + [f'- {t}' for t in notes]
         (RESULTS / 'ablation.md').write_text('\n'.join(lines) + '\n')
 
 

@@ -113,3 +113,22 @@ def test_ablation_table_pairs_variants_with_the_same_seed(results):
     assert len(rows) == 2       # the seed-1 variant has no full-model run
     assert 'diffmm-bf16 (full)' in rows[0]
     assert 'no-msi' in rows[1] and rows[1].rstrip().endswith('-10.0 % |')
+
+
+def test_ablation_compares_capped_variants_within_the_same_budget(results):
+    out, put = results
+    full = _run('diffmm-bf16', 'tiktok', 0, 0.0, 0.100)
+    full['metrics']['epochs_run'] = 6
+    full['history'] = [{'epoch': e, 'val/recall@20': v, 'test/recall@20': t,
+                        'test/ndcg@20': 0.04}
+                       for e, v, t in [(0, .05, .06), (1, .09, .08),
+                                       (2, .07, .07), (3, .10, .10)]]
+    put(full)
+    var = _run('diffmm-bf16-no-msi', 'tiktok', 0, 0.0, 0.072)
+    var['config'] = {'epochs': 3}
+    put(var)
+    quality.report()
+    md = (out / 'ablation.md').read_text()
+    note = next(ln for ln in md.splitlines() if ln.startswith('- tiktok'))
+    assert 'first 3 epochs the full model selects epoch 1' in note
+    assert 'test R@20 0.0800' in note and '-10.0 %' in note
