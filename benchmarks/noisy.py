@@ -112,6 +112,18 @@ def report(models, dataset, ratios, seeds=None) -> None:
               'users hold one item): ' + '; '.join(se) + '. Differences '
               'smaller than about two of these are within seed noise.', '',
               'Runs (each JSON in `quality_runs/` has the full config):', '']
+    # Noisy runs capped at fewer epochs than their clean run: compare them
+    # with the clean run's selection within the same epoch budget too.
+    capped = []
+    for m in models:
+        clean = [r for r in used if r['model'] == m and not r.get('noise')]
+        if len(clean) == 1:
+            capped += quality.capped_notes(clean[0], [
+                (f"{m} noise {r['noise']:g}", r) for r in used
+                if r['model'] == m and r.get('noise')],
+                names=('noisy runs', 'clean run'))
+    if capped:
+        lines[-2:-2] = [f'- {t}' for t in capped] + ['']
     for r in sorted(used, key=lambda r: (r['model'], r.get('noise', 0))):
         mt = r['metrics']
         lines.append(f"- {r['model']} noise {r.get('noise', 0):g} seed "

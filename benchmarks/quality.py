@@ -251,7 +251,8 @@ ABLATIONS = {
 }
 
 
-def capped_notes(base: Dict, variants: List[tuple]) -> List[str]:
+def capped_notes(base: Dict, variants: List[tuple],
+                 names=('variants', 'full model')) -> List[str]:
     r"""When the variants ran fewer epochs than the full model, compare
     them with the full model's selection within the same epoch budget."""
     out = []
@@ -267,8 +268,8 @@ def capped_notes(base: Dict, variants: List[tuple]) -> List[str]:
             f"{v} {100 * (r['metrics']['test/recall@20'] / ref - 1):+.1f} %"
             for v, r in variants if int(r['config'].get('epochs', 0)) == cap)
         out.append(
-            f"{base['dataset']}, seed {base['seed']}: the variants ran at "
-            f"most {cap} epochs; within its first {cap} epochs the full model "
+            f"{base['dataset']}, seed {base['seed']}: the {names[0]} ran at "
+            f"most {cap} epochs; within its first {cap} epochs the {names[1]} "
             f"selects epoch {c['epoch']} (val R@20 "
             f"{c['val/recall@20']:.4f}), test R@20 "
             f"{c['test/recall@20']:.4f} / N@20 {c['test/ndcg@20']:.4f}; "
