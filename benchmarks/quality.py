@@ -69,6 +69,8 @@ PAPER = {
                                None),
     ('ld4mrec-wobg', 'sports'): ('LD4MRec T2, DiffRec row', 0.0900, 0.0408,
                                  None),
+    ('diffrec', 'baby'): ('LD4MRec T2, DiffRec row', 0.0774, 0.0339, None),
+    ('diffrec', 'sports'): ('LD4MRec T2, DiffRec row', 0.0900, 0.0408, None),
 }
 
 METRICS = [f'{m}@{k}' for k in (10, 20) for m in ('recall', 'ndcg',

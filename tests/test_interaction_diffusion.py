@@ -292,3 +292,52 @@ def test_denoise_topk_bf16_rescores_candidates_in_float32():
     edges = generate_topk_edges(diff, x0.to_sparse_csr(), 5, n_items, 2,
                                 batch_size=2)
     assert torch.equal(edges[1].view(5, 2), items)
+
+
+@pytest.mark.parametrize('fused', [True, False])
+def test_importance_sampling_weights_and_history(fused):
+    diff = make((16,), dropout=0.0, importance_sampling=True)
+    diff.fused_loss = fused
+    sampler = diff.step_sampler
+    d = diff.diffusion
+    x0 = (torch.rand(64, I) < 0.3).float()
+    # Warm-up: uniform steps, the loss equals the plain SNR-weighted one,
+    # and each row's weighted error enters the history of its step.
+    torch.manual_seed(5)
+    out = diff.loss(x0)
+    torch.manual_seed(5)
+    t = torch.randint(d.steps, (64,))
+    noise = torch.randn_like(x0)
+    ab = d.alphas_cumprod[t].float()[:, None]
+    x_hat = diff.denoiser(ab.sqrt() * x0 + (1 - ab).sqrt() * noise, t)
+    per_row = d.snr_weights[t].float() * ((x0 - x_hat) ** 2).mean(1)
+    torch.testing.assert_close(out['elbo'], per_row.mean().detach(),
+                               rtol=1e-4, atol=1e-6)
+    for s in range(d.steps):
+        n = int(sampler.count[s])   # the newest values sit at the end
+        got = sampler.loss_history[s, sampler.history - n:].float()
+        want = per_row[t == s][-sampler.history:].detach()  # FIFO
+        torch.testing.assert_close(got, want, rtol=1e-4, atol=1e-6)
+    while not sampler.warm:
+        diff.loss(x0)
+    # Warm: steps follow the history and every row is divided by p_t T.
+    p = sampler.probabilities()
+    history = sampler.loss_history.clone()
+    torch.manual_seed(9)
+    out = diff.loss(x0)
+    assert not torch.equal(sampler.loss_history, history)
+    sampler.loss_history.copy_(history)   # replay the same draws
+    torch.manual_seed(9)
+    t, w = sampler.sample(64)
+    assert not torch.allclose(w, torch.ones_like(w))
+    noise = torch.randn_like(x0)
+    ab = d.alphas_cumprod[t].float()[:, None]
+    x_hat = diff.denoiser(ab.sqrt() * x0 + (1 - ab).sqrt() * noise, t)
+    mse = ((x0 - x_hat) ** 2).mean(1)
+    want = (d.snr_weights[t].float() * mse / (p[t].float() * d.steps)).mean()
+    torch.testing.assert_close(out['elbo'], want.detach(), rtol=1e-4,
+                               atol=1e-6)
+
+
+def test_uniform_sampling_has_no_sampler():
+    assert make().step_sampler is None

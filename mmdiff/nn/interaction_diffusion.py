@@ -28,7 +28,7 @@ from mmdiff.graph import (
     normalized_edges,
 )
 from mmdiff.nn.denoiser import DiffMMDenoiser, mm_aligned
-from mmdiff.nn.diffusion import GaussianDiffusion
+from mmdiff.nn.diffusion import GaussianDiffusion, ImportanceStepSampler
 
 
 def _autocast(enabled: bool, device: torch.device):
@@ -102,12 +102,18 @@ class InteractionDiffusion(torch.nn.Module):
         fused_loss (bool): For a :class:`DiffMMDenoiser`, evaluate the loss
             without materialising :math:`\hat{x}` (see :meth:`loss`).
             (default: :obj:`True`)
+        importance_sampling (bool): Draw the training steps from the loss
+            history (DiffRec's ``'importance'`` sampling,
+            :class:`~mmdiff.nn.diffusion.ImportanceStepSampler`; uniform
+            until every step has a full history) instead of uniformly
+            (DiffMM).  (default: :obj:`False`)
     """
 
     def __init__(self, denoiser: torch.nn.Module,
                  diffusion: GaussianDiffusion, sampling_steps: int = 0,
                  sampling_noise: bool = False, autocast_bf16: bool = False,
-                 fused_reverse: bool = True, fused_loss: bool = True):
+                 fused_reverse: bool = True, fused_loss: bool = True,
+                 importance_sampling: bool = False):
         super().__init__()
         if isinstance(sampling_steps, bool) or \
                 not isinstance(sampling_steps, int) or \
@@ -121,6 +127,8 @@ class InteractionDiffusion(torch.nn.Module):
         self.autocast_bf16 = bool(autocast_bf16)
         self.fused_reverse = bool(fused_reverse)
         self.fused_loss = bool(fused_loss)
+        self.step_sampler = ImportanceStepSampler(diffusion.steps) \
+            if importance_sampling else None
 
     @classmethod
     def diffmm(cls, num_items: int, hidden_dims: Sequence[int] = (1000,),
@@ -186,7 +194,10 @@ class InteractionDiffusion(torch.nn.Module):
         if x0.layout != torch.strided:
             x0 = x0.to_dense()
         B = x0.size(0)
-        t = diff.sample_steps(B, device=x0.device)
+        if self.step_sampler is not None:
+            t, is_weight = self.step_sampler.sample(B, device=x0.device)
+        else:
+            t, is_weight = diff.sample_steps(B, device=x0.device), None
         # q_sample (§1.2), in place on the fresh noise (same draws).
         x_t = torch.randn_like(x0).mul_(
             diff.sqrt_one_minus_alphas_cumprod[t].to(x0.dtype)[:, None])
@@ -199,6 +210,7 @@ class InteractionDiffusion(torch.nn.Module):
                             f"rows (one per item), got "
                             f"{feature_proj.size(0)} and {item_emb.size(0)}")
         weights = diff.snr_weights[t].float()
+        step_weights = weights if is_weight is None else weights * is_weight
         with _autocast(self.autocast_bf16, x0.device):
             inp = x_t.to(torch.bfloat16) if self.autocast_bf16 else x_t
             if self.fused_loss and isinstance(self.denoiser, DiffMMDenoiser):
@@ -215,20 +227,24 @@ class InteractionDiffusion(torch.nn.Module):
                 target = torch.zeros(B, e.size(1), device=x0.device) \
                     .index_add_(0, rows, e[cols] * vals[:, None])
             last = self.denoiser.last_layer
-            elbo, msi = _LinearOutputLoss.apply(
-                h.float(), last.weight, last.bias, rows, cols, vals, weights,
-                feature_proj.detach().float() if use_msi else None, target,
-                self.autocast_bf16)
+            elbo, msi, sq = _LinearOutputLoss.apply(
+                h.float(), last.weight, last.bias, rows, cols, vals,
+                step_weights, feature_proj.detach().float() if use_msi
+                else None, target, self.autocast_bf16)
+            mse = sq / x0.size(1)
         else:
             x_hat = x_hat.float()
             mse = (x0 - x_hat).pow(2).mean(dim=1)
-            elbo = (weights * mse).mean()
+            elbo = (step_weights * mse).mean()
             if use_msi:
                 pred = x_hat @ feature_proj.detach()
                 target = x0 @ item_emb.detach()
                 msi = (pred - target).pow(2).mean(dim=1).mean()
             else:
                 msi = elbo.new_zeros(())
+        if self.step_sampler is not None:
+            # DiffRec's history holds the reweighted losses before 1/p_t.
+            self.step_sampler.update(t, weights * mse.detach())
         loss = elbo + msi_weight * msi if use_msi else elbo
         return {'loss': loss, 'elbo': elbo.detach(),
                 'msi': msi.detach() if use_msi else elbo.new_zeros(())}
@@ -400,7 +416,9 @@ class _LinearOutputLoss(torch.autograd.Function):
     H) - x_0^\top \mathrm{diag}(\alpha) H + \beta F S^\top H`,
     :math:`\partial b = W H^\top\alpha + b\sum\alpha - x_0^\top\alpha +
     \beta F S^\top \mathbf{1}`.
-    ``bf16`` computes the two ``[I, h]``-sized products in bfloat16."""
+    ``bf16`` computes the two ``[I, h]``-sized products in bfloat16.  The
+    third output, the per-row squared errors ``[B]`` (no gradient), feeds
+    the importance sampler."""
 
     @staticmethod
     def forward(ctx, h, weight, bias, rows, cols, vals, w, feat, target,
@@ -427,10 +445,12 @@ class _LinearOutputLoss(torch.autograd.Function):
         ctx.save_for_backward(h, weight, bias, rows, cols, vals, w, hg, wb,
                               x0w, feat, wf, s)
         ctx.bf16 = bf16
-        return elbo, msi
+        sq = sq.detach()
+        ctx.mark_non_differentiable(sq)
+        return elbo, msi, sq
 
     @staticmethod
-    def backward(ctx, g_elbo, g_msi):
+    def backward(ctx, g_elbo, g_msi, g_sq):
         h, weight, bias, rows, cols, vals, w, hg, wb, x0w, feat, wf, s = \
             ctx.saved_tensors
         B, I = h.size(0), weight.size(0)

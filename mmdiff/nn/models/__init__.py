@@ -10,6 +10,7 @@ from mmdiff.nn.models.base import (
     UserBatch,
 )
 from mmdiff.nn.models.diffmm import DiffMM
+from mmdiff.nn.models.diffrec import DiffRec
 from mmdiff.nn.models.ld4mrec import LD4MRec
 from mmdiff.nn.models.lightgcn import LightGCN
 from mmdiff.nn.models.mf import MF
@@ -18,6 +19,7 @@ MODELS: Dict[str, Type[Recommender]] = {
     'mf': MF,
     'lightgcn': LightGCN,
     'diffmm': DiffMM,
+    'diffrec': DiffRec,
     'ld4mrec': LD4MRec,
 }
 
@@ -38,4 +40,5 @@ def get_model_class(name: str) -> Type[Recommender]:
 
 
 __all__ = ['Recommender', 'TrainingPhase', 'TripletBatch', 'UserBatch',
-           'MF', 'LightGCN', 'DiffMM', 'LD4MRec', 'MODELS', 'register_model', 'get_model_class']
+           'MF', 'LightGCN', 'DiffMM', 'DiffRec', 'LD4MRec', 'MODELS',
+           'register_model', 'get_model_class']
