@@ -263,17 +263,22 @@ def seed_table(runs: List[Dict]) -> List[str]:
                 'patience |', '|---|---|---|---|---|---|']
         for r in sel:
             m = r['metrics']
-            out.append(
-                f"| {r['model']} | {r['seed']} | "
-                f"{m['test/recall@20']:.4f} / {m['test/ndcg@20']:.4f} "
-                f"({m['best_epoch']}) | "
-                f"{m['best_test_epoch/recall@20']:.4f} / "
-                f"{m['best_test_epoch/ndcg@20']:.4f} "
-                f"({m['best_test_epoch']}) | {m['epochs_run']} | "
-                f"{r['config'].get('patience')} |")
+
+            def pair(prefix, epoch_key):
+                if f'{prefix}/recall@20' not in m:
+                    return '—'
+                return (f"{m[f'{prefix}/recall@20']:.4f} / "
+                        f"{m.get(f'{prefix}/ndcg@20', float('nan')):.4f} "
+                        f"({m.get(epoch_key, '?')})")
+            out.append(f"| {r['model']} | {r['seed']} | "
+                       f"{pair('test', 'best_epoch')} | "
+                       f"{pair('best_test_epoch', 'best_test_epoch')} | "
+                       f"{m.get('epochs_run', '?')} | "
+                       f"{r.get('config', {}).get('patience')} |")
         for model in models:
             vals = [r['metrics']['best_test_epoch/recall@20'] for r in sel
-                    if r['model'] == model]
+                    if r['model'] == model and
+                    'best_test_epoch/recall@20' in r['metrics']]
             if len(vals) > 1:
                 sd = statistics.stdev(vals)
                 out.append(f'\n{model}: mean best-test-epoch R@20 '

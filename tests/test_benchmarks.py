@@ -132,3 +132,21 @@ def test_ablation_compares_capped_variants_within_the_same_budget(results):
     note = next(ln for ln in md.splitlines() if ln.startswith('- tiktok'))
     assert 'first 3 epochs the full model selects epoch 1' in note
     assert 'test R@20 0.0800' in note and '-10.0 %' in note
+
+
+def test_seed_table_lists_each_seed_and_the_mean(results):
+    out, put = results
+    put(_run('diffmm', 'tiktok', 0, 0.0, 0.10))
+    put(_run('diffmm', 'tiktok', 1, 0.0, 0.12))
+    put(_run('diffmm-bf16', 'tiktok', 0, 0.0, 0.11))
+    put(_run('diffmm', 'tiktok', 0, 0.1, 0.05))       # noisy: not listed
+    quality.report()
+    md = (out / 'quality.md').read_text()
+    part = md[md.index('seed by seed'):]
+    rows = [ln for ln in part.splitlines() if ln.startswith('| diffmm')]
+    assert [r.split('|')[1:3] for r in rows] == [
+        [' diffmm ', ' 0 '], [' diffmm ', ' 1 '], [' diffmm-bf16 ', ' 0 ']]
+    assert '0.1000 / 0.0100 (4) | 0.1010 / 0.0100 (?)' in rows[0]
+    # mean best-test R@20 of the two float32 seeds: (0.101 + 0.121) / 2
+    assert 'diffmm: mean best-test-epoch R@20 0.1110 over 2 seeds' in part
+    assert 'diffmm-bf16: mean' not in part            # one seed: no mean
