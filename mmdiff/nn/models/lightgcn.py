@@ -9,7 +9,14 @@ from torch_geometric.data import HeteroData
 from torch_geometric.nn.models import LightGCN as PyGLightGCN
 
 from mmdiff.data.hetero import edge_index_of, num_items, num_users
+from mmdiff.errors import ConfigError
 from mmdiff.graph import normalized_adjacency
+from mmdiff.nn.conv.multimodal_aggregation import (
+    LAYOUTS,
+    Graph,
+    NormalizedPropagation,
+    matrix_to_adj,
+)
 from mmdiff.nn.models._util import check_hparams, signature_names
 from mmdiff.nn.models.base import Recommender, TrainingPhase, TripletBatch
 from mmdiff.nn.models.mf import bpr_loss
@@ -22,9 +29,15 @@ class LightGCN(Recommender):
     :class:`~torch_geometric.nn.conv.LGConv` layers and layer averaging
     :math:`\mathbf{e} = \sum_{l=0}^{L} \alpha_l \hat{A}^l \mathbf{e}^{(0)}`
     with :math:`\alpha_l = 1/(L+1)`).  The normalised adjacency
-    :math:`\hat{A} = D^{-1/2} A D^{-1/2}` (no self-loops) is computed once and
-    passed to the layers as a sparse CSR tensor (``normalize=False``), which
-    takes the fused sparse-matrix product instead of gather/scatter.
+    :math:`\hat{A} = D^{-1/2} A D^{-1/2}` (no self-loops) is computed once.
+    PyG's ``LGConv`` has no fused path for an
+    :class:`~torch_geometric.EdgeIndex` with edge weights, so its layers are
+    replaced by the equivalent parameter-free
+    :class:`~mmdiff.nn.conv.NormalizedPropagation` hops, which multiply with
+    the cached CSC (forward) / CSR (backward) pair of an ``EdgeIndex``:
+    about 1.5x faster per training hop than a ``torch.sparse_csr`` matrix on
+    this project's CPU (``benchmarks/results/propagation.md``); results
+    agree to float rounding.
 
     Loss: BPR with :math:`\frac{\lambda}{2B}`-scaled L2 on the layer-0
     embeddings of the batch (PyG's ``recommendation_loss``).
@@ -37,24 +50,36 @@ class LightGCN(Recommender):
         num_layers (int): :math:`L`.  (default: ``3``)
         reg (float): :math:`\lambda`.  (default: ``1e-4``)
         lr (float): Adam learning rate.  (default: ``1e-3``)
+        sparse_layout (str): ``'edge_index_obj'`` (fused ``EdgeIndex``),
+            ``'csr'`` (``torch.sparse.mm``) or ``'edge_index'``
+            (gather/scatter; slowest).  (default: ``'edge_index_obj'``)
     """
     name = 'lightgcn'
 
     def __init__(self, num_users: int, num_items: int, edge_index: Tensor,
                  embedding_dim: int = 64, num_layers: int = 3,
-                 reg: float = 1e-4, lr: float = 1e-3):
+                 reg: float = 1e-4, lr: float = 1e-3,
+                 sparse_layout: str = 'edge_index_obj'):
         super().__init__()
+        if sparse_layout not in LAYOUTS:
+            raise ConfigError(f"sparse_layout must be one of {LAYOUTS}, got "
+                              f"{sparse_layout!r}")
         self.num_users, self.num_items = num_users, num_items
         self.embedding_dim, self.num_layers = embedding_dim, num_layers
         self.reg, self.lr = reg, lr
+        self.sparse_layout = sparse_layout
         self.gnn = PyGLightGCN(num_users + num_items, embedding_dim,
                                num_layers, normalize=False)
+        # Same hop as LGConv(normalize=False), plus the fused EdgeIndex path.
+        self.gnn.convs = torch.nn.ModuleList(
+            [NormalizedPropagation() for _ in range(num_layers)])
         ei, w = normalized_adjacency(edge_index, num_users, num_items,
                                      add_self_loops=False,
                                      layout='edge_index')
         self.register_buffer('adj_index', ei, persistent=False)
         self.register_buffer('adj_weight', w, persistent=False)
-        self._adj: Optional[Tensor] = None
+        self._adj: Optional[Graph] = None
+        self._adj_device: Optional[torch.device] = None
         self._cache: Optional[Tensor] = None
 
     def reset_parameters(self):
@@ -69,16 +94,21 @@ class LightGCN(Recommender):
         return cls(num_users(data), num_items(data), edge_index_of(data),
                    **hparams)
 
-    def adjacency(self) -> Tensor:
-        n = self.num_users + self.num_items
-        if self._adj is None or self._adj.device != self.adj_index.device:
-            self._adj = torch.sparse_coo_tensor(
-                self.adj_index, self.adj_weight, (n, n)).coalesce() \
-                .to_sparse_csr()
+    def adjacency(self) -> Graph:
+        r""":math:`\hat{A}` in ``sparse_layout``, built once per device."""
+        device = self.adj_index.device
+        if self._adj is None or self._adj_device != device:
+            self._adj = matrix_to_adj(self.adj_index, self.adj_weight,
+                                      self.num_users + self.num_items,
+                                      self.sparse_layout)
+            self._adj_device = device
         return self._adj
 
     def embeddings(self) -> Tensor:
-        return self.gnn.get_embedding(self.adjacency())
+        adj = self.adjacency()
+        if isinstance(adj, tuple):
+            return self.gnn.get_embedding(adj[0], adj[1])
+        return self.gnn.get_embedding(adj)
 
     def loss(self, batch: TripletBatch):
         self._cache = None
