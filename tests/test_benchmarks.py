@@ -150,3 +150,16 @@ def test_seed_table_lists_each_seed_and_the_mean(results):
     # mean best-test R@20 of the two float32 seeds: (0.101 + 0.121) / 2
     assert 'diffmm: mean best-test-epoch R@20 0.1110 over 2 seeds' in part
     assert 'diffmm-bf16: mean' not in part            # one seed: no mean
+
+
+def test_seed_table_keeps_the_three_seed_mean_beside_extra_seeds(results):
+    out, put = results
+    for seed, r20 in enumerate([0.10, 0.12, 0.11, 0.20, 0.30]):
+        put(_run('diffmm', 'tiktok', seed, 0.0, r20))
+    quality.report()
+    part = (out / 'quality.md').read_text()
+    part = part[part.index('seed by seed'):]
+    # all five: mean(0.101, 0.121, 0.111, 0.201, 0.301) = 0.167
+    assert 'mean best-test-epoch R@20 0.1670 over 5 seeds' in part
+    # seeds 0-2 only: mean(0.101, 0.121, 0.111) = 0.111
+    assert 'first 3 seeds (the 3-seed target): 0.1110.' in part
