@@ -9,10 +9,10 @@ from mmdiff.nn.models.base import TripletBatch
 from conftest import tiny_data
 
 
-def _dense_embeddings(model: LightGCN) -> torch.Tensor:
+def _dense_embeddings(model: LightGCN, data) -> torch.Tensor:
     r"""e = 1/(L+1) sum_l Â^l e0 with Â = D^-1/2 A D^-1/2 built densely."""
     U, I = model.num_users, model.num_items
-    u, i = edge_index_of(model._data)
+    u, i = edge_index_of(data)
     A = torch.zeros(U + I, U + I)
     A[u, U + i] = 1.0
     A[U + i, u] = 1.0
@@ -29,17 +29,15 @@ def _dense_embeddings(model: LightGCN) -> torch.Tensor:
 
 def _model(layout, data, seed=0):
     torch.manual_seed(seed)
-    m = LightGCN.from_data(data, embedding_dim=8, num_layers=3,
-                           sparse_layout=layout)
-    m._data = data
-    return m
+    return LightGCN.from_data(data, embedding_dim=8, num_layers=3,
+                              sparse_layout=layout)
 
 
 @pytest.mark.parametrize('layout', ['edge_index_obj', 'csr', 'edge_index'])
 def test_embeddings_match_dense_lightgcn(layout):
     data = tiny_data()
     m = _model(layout, data)
-    torch.testing.assert_close(m.embeddings(), _dense_embeddings(m),
+    torch.testing.assert_close(m.embeddings(), _dense_embeddings(m, data),
                                atol=1e-5, rtol=1e-5)
 
 
@@ -68,12 +66,12 @@ def test_scores_follow_cached_embeddings_and_state_dict_has_no_graph():
     m.prepare_scoring()
     s = m.score(torch.tensor([0, 3]))
     assert s.shape == (2, m.num_items)
-    e = _dense_embeddings(m)
+    e = _dense_embeddings(m, data)
     torch.testing.assert_close(s, e[[0, 3]] @ e[m.num_users:].t(),
                                atol=1e-5, rtol=1e-5)
     # Parameter-free hops: the checkpoint holds only PyG's embedding table
-    # and layer weights alpha,
-    # so weights saved before the EdgeIndex switch still load.
+    # and layer weights alpha, so weights saved before the EdgeIndex switch
+    # still load.
     assert sorted(m.state_dict()) == ['gnn.alpha', 'gnn.embedding.weight']
 
 

@@ -15,6 +15,7 @@ from mmdiff.nn.conv.multimodal_aggregation import (
     LAYOUTS,
     Graph,
     NormalizedPropagation,
+    _split_graph,
     matrix_to_adj,
 )
 from mmdiff.nn.models._util import check_hparams, signature_names
@@ -25,8 +26,8 @@ from mmdiff.nn.models.mf import bpr_loss
 class LightGCN(Recommender):
     r"""LightGCN (He et al., SIGIR 2020) on the user-item graph.
 
-    Wraps PyG's :class:`~torch_geometric.nn.models.LightGCN` (its
-    :class:`~torch_geometric.nn.conv.LGConv` layers and layer averaging
+    Wraps PyG's :class:`~torch_geometric.nn.models.LightGCN` (its embedding
+    table and layer averaging
     :math:`\mathbf{e} = \sum_{l=0}^{L} \alpha_l \hat{A}^l \mathbf{e}^{(0)}`
     with :math:`\alpha_l = 1/(L+1)`).  The normalised adjacency
     :math:`\hat{A} = D^{-1/2} A D^{-1/2}` (no self-loops) is computed once.
@@ -105,10 +106,7 @@ class LightGCN(Recommender):
         return self._adj
 
     def embeddings(self) -> Tensor:
-        adj = self.adjacency()
-        if isinstance(adj, tuple):
-            return self.gnn.get_embedding(adj[0], adj[1])
-        return self.gnn.get_embedding(adj)
+        return self.gnn.get_embedding(*_split_graph(self.adjacency()))
 
     def loss(self, batch: TripletBatch):
         self._cache = None
