@@ -115,6 +115,40 @@ def test_ablation_table_pairs_variants_with_the_same_seed(results):
     assert 'no-msi' in rows[1] and rows[1].rstrip().endswith('-10.0 % |')
 
 
+def test_ablation_summary_pairs_seeds_with_the_same_budget(results):
+    out, put = results
+    for seed, full, var in [(0, 0.100, 0.090), (1, 0.120, 0.126),
+                            (2, 0.110, 0.099)]:
+        put(_run('diffmm-bf16', 'tiktok', seed, 0.0, full))
+        put(_run('diffmm-bf16-no-msi', 'tiktok', seed, 0.0, var))
+    capped = _run('diffmm-bf16-no-contrastive', 'tiktok', 0, 0.0, 0.05)
+    capped['config'] = {'epochs': 3}            # other budget: not paired
+    put(capped)
+    put(_run('diffmm-bf16-no-contrastive', 'tiktok', 1, 0.0, 0.06))
+    quality.report()
+    md = (out / 'ablation.md').read_text()
+    assert md.index('## Over seeds') < md.index('## Seed by seed')
+    row = next(ln for ln in md.splitlines()
+               if ln.startswith('| diffmm-bf16-no-msi'))
+    cells = [c.strip() for c in row.strip('|').split('|')]
+    assert cells[1] == '0, 1, 2'
+    assert cells[2] == '0.1050 ± 0.0153'        # variant R@20
+    assert cells[6] == '0.1100 ± 0.0082'        # full model, same seeds
+    assert cells[7] == '-5.0 %'                 # mean of -10, +5, -10 %
+    assert cells[8] == '2 of 3'
+    nocl = next(ln for ln in md.splitlines()
+                if ln.startswith('| diffmm-bf16-no-contrastive'))
+    assert '| 1 |' in nocl and '1 of 1' in nocl
+
+
+def test_ablation_summary_needs_two_seeds(results):
+    out, put = results
+    put(_run('diffmm-bf16', 'tiktok', 0, 0.0, 0.100))
+    put(_run('diffmm-bf16-no-msi', 'tiktok', 0, 0.0, 0.090))
+    quality.report()
+    assert '## Over seeds' not in (out / 'ablation.md').read_text()
+
+
 def test_ablation_compares_capped_variants_within_the_same_budget(results):
     out, put = results
     full = _run('diffmm-bf16', 'tiktok', 0, 0.0, 0.100)
