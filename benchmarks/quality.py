@@ -288,6 +288,14 @@ def seed_table(runs: List[Dict]) -> List[str]:
                 if len(vals) > 3:  # sel is sorted by seed
                     line += (f'  Over the first 3 seeds (the 3-seed '
                              f'target): {statistics.mean(vals[:3]):.4f}.')
+                ref = OFFICIAL_HERE.get((model, dataset))
+                if ref is not None and sd > 0:
+                    line += (f'  The official code\'s single run here '
+                             f'({ref[0]:.4f}) lies '
+                             f'{(ref[0] - statistics.mean(vals)) / sd:+.1f} '
+                             f'sample std from this mean; '
+                             f'{sum(v >= ref[0] for v in vals)} of '
+                             f'{len(vals)} seeds reach it.')
                 out.append(line)
         out += ['', 'Patience 0: no early stopping, all 50 epochs of the '
                 'official command, whose best-test-epoch protocol searches '
