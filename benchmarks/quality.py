@@ -395,10 +395,18 @@ def ablation_summary(by: Dict[tuple, Dict]) -> List[str]:
     on the same seeds, with the per-seed (paired) change of the
     validation-selected test Recall@20 averaged over seeds, and on how many
     seeds the variant falls below the full model.  Only runs with the same
-    epoch budget as the full model are paired.  Empty unless some variant
+    epoch budget as the full model are paired (same cap; same patience, or
+    neither stopped early).  Empty unless some variant
     has at least two paired seeds."""
-    def budget(r):
-        return r['config'].get('epochs'), r['config'].get('patience')
+    def same_budget(a, b):
+        # same epoch cap, and the same patience unless neither run stopped
+        # early (then both selected among the same epochs)
+        cap_a, cap_b = a['config'].get('epochs'), b['config'].get('epochs')
+        if cap_a != cap_b:
+            return False
+        return (a['config'].get('patience') == b['config'].get('patience')
+                or a['metrics']['epochs_run'] == b['metrics']['epochs_run']
+                == cap_a)
 
     def ms(vals):
         return (f'{statistics.mean(vals):.4f} ± {statistics.pstdev(vals):.4f}'
@@ -415,8 +423,8 @@ def ablation_summary(by: Dict[tuple, Dict]) -> List[str]:
                          for (m, dd, s, noise) in sorted(by)
                          if m == v and dd == d and not noise
                          and (full, d, s, 0.0) in by
-                         and budget(by[(v, d, s, 0.0)]) ==
-                         budget(by[(full, d, s, 0.0)])]
+                         and same_budget(by[(v, d, s, 0.0)],
+                                         by[(full, d, s, 0.0)])]
                 if pairs:
                     rows.append((v, what, pairs))
             if not rows or max(len(p) for _, _, p in rows) < 2:

@@ -125,6 +125,13 @@ def test_ablation_summary_pairs_seeds_with_the_same_budget(results):
     capped['config'] = {'epochs': 3}            # other budget: not paired
     put(capped)
     put(_run('diffmm-bf16-no-contrastive', 'tiktok', 1, 0.0, 0.06))
+    # patience differs, but neither run stopped early: paired
+    full2 = _run('diffmm-bf16', 'tiktok', 2, 0.0, 0.110)
+    full2['config'] = {'epochs': 10, 'patience': 20}
+    put(full2)
+    var2 = _run('diffmm-bf16-no-msi', 'tiktok', 2, 0.0, 0.099)
+    var2['config'] = {'epochs': 10, 'patience': 0}
+    put(var2)
     quality.report()
     md = (out / 'ablation.md').read_text()
     assert md.index('## Over seeds') < md.index('## Seed by seed')
