@@ -231,7 +231,10 @@ class DiffMM(Recommender):
             beta_fixed (float): :math:`\beta_0` overwrite (1e-4, D3).
         sampling_steps (int), sampling_noise (bool): reverse-process start
             and noise at regeneration.  rebuild_k (int): generated items per
-            user.  e_loss (float): MSI weight.
+            user (1 as in ALGORITHMS.md; the official ``Params.py`` as
+            stored in our reference index says 5, which scores lower on
+            TikTok, see ``benchmarks/results/quality.md``).  e_loss (float):
+            MSI weight.
         ris_lambda, ris_adj_lambda (float): :math:`\lambda_{ris}`,
             :math:`\lambda_{adj}`.
         trans: 0 (``'proj'``), 1 (``'linear'``), 2 (``image`` proj, others
