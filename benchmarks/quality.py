@@ -396,8 +396,9 @@ def ablation_report(runs: List[Dict]) -> None:
     if n:
         lines += [''] + [f'- {t}' for t in notes]
         summary = ablation_summary(by)
-        if summary:
-            lines[4:4] = summary
+        if summary:  # before the per-seed table (its header is lines[4])
+            lines[4:4] = ['## Over seeds', ''] + summary + [
+                '## Seed by seed', '']
         (RESULTS / 'ablation.md').write_text('\n'.join(lines) + '\n')
 
 
@@ -440,8 +441,7 @@ def ablation_summary(by: Dict[tuple, Dict]) -> List[str]:
                     rows.append((v, what, pairs))
             if not rows or max(len(p) for _, _, p in rows) < 2:
                 continue
-            out += ['## Over seeds', '',
-                    f'{d}: mean ± std (population) over the seeds on which '
+            out += [f'{d}: mean ± std (population) over the seeds on which '
                     f'both the variant and the full model ran with the same '
                     f'epoch budget; the change of R@20 is the mean of the '
                     f'per-seed (paired) changes.', '',
@@ -465,7 +465,7 @@ def ablation_summary(by: Dict[tuple, Dict]) -> List[str]:
                     f"{ms(col('test/recall@20', 0))} | "
                     f"{100 * statistics.mean(ch):+.1f} % | "
                     f"{sum(c < 0 for c in ch)} of {len(ch)} |")
-            out += ['', '## Seed by seed', '']
+            out.append('')
     return out
 
 
