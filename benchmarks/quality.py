@@ -243,6 +243,47 @@ def report() -> None:
     print((RESULTS / 'quality.md').read_text())
 
 
+def same_budget(a: Dict, b: Dict) -> bool:
+    r"""Whether two runs selected their epochs from the same budget: the
+    same epoch cap, and the same patience unless neither stopped early
+    (then both chose among the same epochs)."""
+    cap_a = a.get('config', {}).get('epochs')
+    cap_b = b.get('config', {}).get('epochs')
+    if cap_a != cap_b:
+        return False
+    return (a.get('config', {}).get('patience') ==
+            b.get('config', {}).get('patience')
+            or a['metrics'].get('epochs_run') ==
+            b['metrics'].get('epochs_run') == cap_a)
+
+
+def paired_line(ref: str, model: str, sel: List[Dict]) -> str:
+    r"""``model`` against ``ref`` on the seeds both ran with the same epoch
+    budget: the mean per-seed difference of Recall@20 under each protocol,
+    its standard error and on how many seeds ``model`` is lower.  Empty
+    below two paired seeds."""
+    by_seed = {r['seed']: r for r in sel if r['model'] == ref}
+    pairs = [(by_seed[r['seed']], r) for r in sel
+             if r['model'] == model and r['seed'] in by_seed
+             and same_budget(r, by_seed[r['seed']])]
+    parts = []
+    for key, label in (('best_test_epoch/recall@20', 'best-test-epoch'),
+                       ('test/recall@20', 'validation-selected')):
+        d = [b['metrics'][key] - a['metrics'][key] for a, b in pairs
+             if key in a['metrics'] and key in b['metrics']]
+        if len(d) < 2:
+            continue
+        se = statistics.stdev(d) / len(d) ** 0.5
+        parts.append(f'{label} R@20 {statistics.mean(d):+.4f} (standard '
+                     f'error {se:.4f}; lower on {sum(x < 0 for x in d)} of '
+                     f'{len(d)} seeds)')
+    if not parts:
+        return ''
+    seeds = ', '.join(str(a['seed']) for a, _ in pairs)
+    return (f'  Paired with {ref} on seeds {seeds} (same seed, same epoch '
+            f'budget), the per-seed change: ' + '; '.join(parts) + '.')
+
+
 #: (models, dataset) whose runs are listed seed by seed under the table
 SEED_TABLES = [(('diffmm', 'diffmm-bf16', 'diffmm-bf16-plaintopk',
                  'diffmm-rebuild5'), 'tiktok')]
@@ -297,6 +338,8 @@ def seed_table(runs: List[Dict]) -> List[str]:
                              f'sample std from this mean; '
                              f'{sum(v >= ref[0] for v in vals)} of '
                              f'{len(vals)} seeds reach it.')
+                if model != models[0]:
+                    line += paired_line(models[0], model, sel)
                 out.append(line)
         out += ['', 'Patience 0: no early stopping, all 50 epochs of the '
                 'official command, whose best-test-epoch protocol searches '
@@ -410,16 +453,6 @@ def ablation_summary(by: Dict[tuple, Dict]) -> List[str]:
     epoch budget as the full model are paired (same cap; same patience, or
     neither stopped early).  Empty unless some variant
     has at least two paired seeds."""
-    def same_budget(a, b):
-        # same epoch cap, and the same patience unless neither run stopped
-        # early (then both selected among the same epochs)
-        cap_a, cap_b = a['config'].get('epochs'), b['config'].get('epochs')
-        if cap_a != cap_b:
-            return False
-        return (a['config'].get('patience') == b['config'].get('patience')
-                or a['metrics']['epochs_run'] == b['metrics']['epochs_run']
-                == cap_a)
-
     def ms(vals):
         return (f'{statistics.mean(vals):.4f} ± {statistics.pstdev(vals):.4f}'
                 if vals else '')

@@ -207,3 +207,36 @@ def test_seed_table_keeps_the_three_seed_mean_beside_extra_seeds(results):
     # the official run (0.1070) against the five seeds (sample std 0.0847)
     assert ('single run here (0.1070) lies -0.7 sample std from this '
             'mean; 4 of 5 seeds reach it.') in part
+
+
+def test_seed_table_pairs_variants_with_the_reference_by_seed(results):
+    out, put = results
+    for seed, ref, var in [(0, 0.100, 0.098), (1, 0.110, 0.112),
+                           (2, 0.120, 0.116)]:
+        put(_run('diffmm', 'tiktok', seed, 0.0, ref))
+        put(_run('diffmm-bf16', 'tiktok', seed, 0.0, var))
+    other = _run('diffmm-bf16', 'tiktok', 3, 0.0, 0.5)   # no float32 seed 3
+    put(other)
+    capped = _run('diffmm-bf16-plaintopk', 'tiktok', 0, 0.0, 0.09)
+    capped['config'] = {'epochs': 3}                     # other budget
+    put(capped)
+    put(_run('diffmm-bf16-plaintopk', 'tiktok', 1, 0.0, 0.10))
+    quality.report()
+    part = (out / 'quality.md').read_text()
+    part = part[part.index('seed by seed'):]
+    bf = next(ln for ln in part.splitlines()
+              if ln.startswith('diffmm-bf16: mean'))
+    # per-seed changes -0.002, +0.002, -0.004: mean -0.0013, sample std
+    # 0.0031, standard error 0.0018; both protocols move alike here
+    assert ('Paired with diffmm on seeds 0, 1, 2 (same seed, same epoch '
+            'budget)') in bf
+    assert ('best-test-epoch R@20 -0.0013 (standard error 0.0018; lower '
+            'on 2 of 3 seeds)') in bf
+    assert 'validation-selected R@20 -0.0013' in bf
+    # plaintopk: only seed 1 shares the budget, so no paired sentence
+    pt = next(ln for ln in part.splitlines()
+              if ln.startswith('diffmm-bf16-plaintopk: mean'))
+    assert 'Paired' not in pt
+    ref = next(ln for ln in part.splitlines()
+               if ln.startswith('diffmm: mean'))
+    assert 'Paired' not in ref
