@@ -48,6 +48,7 @@ RUNS = RESULTS / 'quality_runs'
 OFFICIAL_HERE = {
     ('diffmm', 'tiktok'): (0.1070, 0.0450),
     ('diffmm-bf16', 'tiktok'): (0.1070, 0.0450),
+    ('diffmm-bf16-denoiser', 'tiktok'): (0.1070, 0.0450),
     ('diffmm-bf16-plaintopk', 'tiktok'): (0.1070, 0.0450),
     ('diffmm-rebuild5', 'tiktok'): (0.1070, 0.0450),
 }
@@ -285,8 +286,8 @@ def paired_line(ref: str, model: str, sel: List[Dict]) -> str:
 
 
 #: (models, dataset) whose runs are listed seed by seed under the table
-SEED_TABLES = [(('diffmm', 'diffmm-bf16', 'diffmm-bf16-plaintopk',
-                 'diffmm-rebuild5'), 'tiktok')]
+SEED_TABLES = [(('diffmm', 'diffmm-bf16', 'diffmm-bf16-denoiser',
+                 'diffmm-bf16-plaintopk', 'diffmm-rebuild5'), 'tiktok')]
 
 
 def seed_table(runs: List[Dict]) -> List[str]:
