@@ -251,7 +251,7 @@ class DiffMM(Recommender):
             similarity products in InfoNCE.  Both off by default (float32).
             Both on, TikTok over 7 seeds paired by seed: validation-selected
             test Recall@20 unchanged (+0.0002), best-test-epoch Recall@20
-            0.0009 lower, epoch 1.4x faster on CPU
+            0.0009 lower, epoch 1.4-1.6x faster on CPU
             (``benchmarks/results/diffmm_speed.md``).
         fused_reverse, fused_loss (bool): exact rearranged reverse process
             and diffusion loss (see
