@@ -20,7 +20,6 @@ from mmdiff.errors import MMDiffError
 from mmdiff.train.run import (  # noqa: F401 (re-exported)
     DEFAULT_DATASET,
     DEFAULT_MODEL,
-    _init_names,
     dataset_key,
     load_data,
     train_run,
@@ -268,10 +267,15 @@ def _rebuild(checkpoint: str, root: Optional[str], device: str,
             f"{ckpt['num_items']} items, the dataset has {num_users(data)} x "
             f"{num_items(data)}")
     cls = get_model_class(c['model'])
-    _, hparams = split_config(c['hparams'])
-    if c.get('modalities') and 'modalities' in _init_names(cls):
-        hparams.setdefault('modalities', c['modalities'])
-    model = cls.from_data(data, **hparams)
+    from mmdiff.errors import ConfigError
+    try:
+        _, hparams = split_config(c['hparams'], cls)
+        if c.get('modalities') and 'modalities' in cls.hparam_names():
+            hparams.setdefault('modalities', c['modalities'])
+        model = cls.from_data(data, **hparams)
+    except ConfigError as e:
+        raise CheckpointError(f"{path}: the run configuration no longer "
+                              f"builds a {c['model']!r} model: {e}") from None
     try:
         model.load_state_dict(ckpt['model_state'])
     except RuntimeError as e:

@@ -5,12 +5,13 @@ raw files from ``root`` or ``root/raw`` (DiffMM or MMRec layout, see
 :mod:`mmdiff.data.readers`) and keep a processed copy, ``processed/data.pt``,
 so later loads skip the unpickling:
 
-* under ``root/processed`` if ``root`` is writable (a folder without write
-  permission bits counts as read-only even for the super-user),
+* under ``<cache_dir>/<name>-<hash of root>/processed`` if ``cache_dir=``
+  is given, else if the environment variable ``MMDIFF_CACHE_DIR`` is set (it
+  is the default ``cache_dir``); then nothing is ever written under ``root``,
+* else under ``root/processed`` if ``root`` is writable (a folder without
+  write permission bits counts as read-only even for the super-user),
 * else under ``<cache>/mmdiff/<name>-<hash of root>/processed`` with
-  ``<cache>`` = ``$XDG_CACHE_HOME`` or ``~/.cache``,
-* or under ``<cache_dir>/<name>-<hash of root>/processed`` if ``cache_dir=``
-  is given.
+  ``<cache>`` = ``$XDG_CACHE_HOME`` or ``~/.cache``.
 
 The cache holds only tensors, ints, strings and dicts (saved with
 :func:`torch.save`, read with ``torch.load(weights_only=True)``) and is
@@ -39,6 +40,17 @@ Modalities = Optional[Union[str, Sequence[str]]]
 CACHE_VERSION = 1
 
 
+#: Environment variable naming the default ``cache_dir`` of the dataset
+#: classes (set it to keep shared or read-only data folders untouched).
+CACHE_DIR_ENV = 'MMDIFF_CACHE_DIR'
+
+
+def env_cache_dir() -> Optional[Path]:
+    r"""``$MMDIFF_CACHE_DIR`` as a path, or :obj:`None` if unset or empty."""
+    value = os.environ.get(CACHE_DIR_ENV, '').strip()
+    return Path(value).expanduser() if value else None
+
+
 def user_cache_dir() -> Path:
     r"""``$XDG_CACHE_HOME/mmdiff`` or ``~/.cache/mmdiff``."""
     base = os.environ.get('XDG_CACHE_HOME') or os.path.join('~', '.cache')
@@ -48,7 +60,13 @@ def user_cache_dir() -> Path:
 def _is_writable(folder: Path) -> bool:
     r"""Whether ``folder`` is writable *and* not marked read-only: the
     super-user may write anywhere, but a folder without any write permission
-    bit is treated as read-only for everyone."""
+    bit is treated as read-only for everyone.
+
+    Deliberately no write probe (creating a file to see whether it works):
+    a probe is itself a write into a folder that may be shared, and
+    ``os.access`` already reports read-only file systems.  To keep a folder
+    untouched whatever its permission bits say, pass ``cache_dir=`` or set
+    ``MMDIFF_CACHE_DIR``."""
     if not os.access(folder, os.W_OK):
         return False
     if hasattr(os, 'geteuid') and os.geteuid() == 0:
@@ -95,8 +113,10 @@ class InteractionDataset:
         modalities (str or list of str, optional): Keep only these item
             modalities. (default: all)
         cache_dir (str or Path, optional): Put the processed cache under
-            this folder instead of ``root/processed`` (default: ``root/
-            processed`` if writable, else :func:`user_cache_dir`)
+            this folder instead of ``root/processed``; nothing is then
+            written under ``root``.  (default: the environment variable
+            ``MMDIFF_CACHE_DIR`` if set, else ``root/processed`` if
+            writable, else :func:`user_cache_dir`)
         force_reload (bool): Re-read the raw files even if a valid cache
             exists. (default: :obj:`False`)
     """
@@ -112,7 +132,8 @@ class InteractionDataset:
         if self.root.exists() and not self.root.is_dir():
             raise DataError(f"{self.root}: expected a dataset folder, got a "
                             f"file")
-        self._cache_dir = cache_dir
+        self._cache_dir = (cache_dir if cache_dir is not None
+                           else env_cache_dir())
         self.raw_dir = self._find_raw_dir()
         self.processed_dir = self._find_processed_dir()
         self.data = _select(self._load(force_reload), modalities)
@@ -149,7 +170,8 @@ class InteractionDataset:
             folder.mkdir(parents=True, exist_ok=True)
         except OSError as e:
             raise MissingFileError(f"cannot create the cache folder {folder} "
-                                   f"({e}); pass cache_dir=") from e
+                                   f"({e}); pass cache_dir= or set "
+                                   f"{CACHE_DIR_ENV}") from e
         return folder
 
     @property

@@ -1,5 +1,5 @@
 r"""Edge dropout on an already normalised adjacency (DiffMM's
-``SpAdjDropEdge``, ALGORITHMS.md §2.6 step 4 and D2)."""
+``SpAdjDropEdge``, docs/algorithms.md §2.6 step 4 and D2)."""
 from __future__ import annotations
 
 from typing import Optional, Tuple
@@ -22,7 +22,10 @@ def dropout_normalized_edges(
 
     Unlike :func:`torch_geometric.utils.dropout_edge`, this works on the
     normalised weights (self-loops included) and rescales; the two directions
-    of an undirected edge are separate entries and are dropped independently.
+    of an undirected edge are separate entries and are dropped independently,
+    so the result is in general not symmetric.  The orientation of
+    ``edge_index`` (source-to-target, :mod:`mmdiff.graph.adjacency`) is
+    kept.
 
     Args:
         edge_index (Tensor): ``[2, E]``.

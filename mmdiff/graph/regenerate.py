@@ -1,5 +1,5 @@
 r"""Top-:math:`k` regeneration of a user-item edge set from score rows
-(DiffMM's modality-aware graph, ALGORITHMS.md §2.6)."""
+(DiffMM's modality-aware graph, docs/algorithms.md §2.6)."""
 from __future__ import annotations
 
 from typing import Optional
@@ -25,11 +25,12 @@ def regenerate_topk_graph(
             (default: ``0..B-1``).
         exclude (Tensor, optional): ``[B, I]`` boolean mask of items that may
             not be chosen (e.g. observed items; DiffMM does not exclude them,
-            ALGORITHMS.md D5).
+            docs/algorithms.md D5).
 
     Returns:
-        ``[2, B * k]`` long tensor of (user, item) edges, on the device of
-        ``scores``, ordered by row then rank.
+        ``[2, B * k]`` long tensor of (user, item) edges (the layout of
+        the data's interaction edges), on the device of ``scores``, ordered
+        by row then rank.
     """
     if scores.dim() != 2:
         raise DataError(f"scores must be [B, I], got {tuple(scores.shape)}")

@@ -8,7 +8,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from mmdiff.nn.denoiser import mm_aligned
+from mmdiff.nn.diffusion._fused import mm_aligned
 
 #: Largest number of similarity entries computed at once (anchors x keys);
 #: larger problems are split into anchor chunks (``2**22`` floats = 16 MB,

@@ -6,6 +6,11 @@ sectioned layout) and ``--set key=value`` flags override the preset.
 
 Keys in :data:`TRAINER_KEYS` configure the fit loop; every other key is a
 hyper-parameter of the model (``Model.from_data(data, **hparams)``).
+``batch_size`` is both: the trainer's default batch size, and the model's
+own when the model takes one (DiffMM, DiffRec, LD4MRec).  Presets use the
+library's names; a model's other names (:attr:`Recommender.hparam_aliases`,
+e.g. DiffMM's official ``latdim``) are accepted in user configs and
+``--set`` and translated by :func:`split_config`.
 """
 from __future__ import annotations
 
@@ -82,9 +87,25 @@ def parse_overrides(pairs) -> Dict[str, Any]:
     return out
 
 
-def split_config(cfg: Dict[str, Any]) -> Tuple[Dict[str, Any],
-                                               Dict[str, Any]]:
-    r"""``(trainer_kwargs, model_hparams)``."""
+#: Keys that configure the fit loop and are also passed to a model whose
+#: ``from_data`` accepts them.
+SHARED_KEYS = {'batch_size'}
+
+
+def split_config(cfg: Dict[str, Any], model_cls=None
+                 ) -> Tuple[Dict[str, Any], Dict[str, Any]]:
+    r"""``(trainer_kwargs, model_hparams)`` of a merged configuration.
+
+    With ``model_cls`` (a :class:`~mmdiff.nn.models.Recommender` class),
+    the model's aliases are translated first (an alias, which can only come
+    from a user's override of a preset, wins over the preset's name), and
+    the keys of :data:`SHARED_KEYS` the model accepts go to both sides."""
+    if model_cls is not None:
+        cfg = model_cls.canonical_hparams(cfg, prefer_alias=True)
     trainer = {k: v for k, v in cfg.items() if k in TRAINER_KEYS}
     model = {k: v for k, v in cfg.items() if k not in TRAINER_KEYS}
+    if model_cls is not None:
+        accepted = model_cls.hparam_names()
+        model.update({k: v for k, v in cfg.items()
+                      if k in SHARED_KEYS and k in accepted})
     return trainer, model

@@ -52,7 +52,8 @@ def train_run(model_name: str, dataset: str, *, root=None, modalities=None,
     cls = get_model_class(model_name)
     if cfg is None:
         cfg = preset(cls.name, dataset_key(dataset))
-    trainer_kw, hparams = split_config(cfg)
+    cfg = cls.canonical_hparams(cfg, prefer_alias=True)
+    trainer_kw, hparams = split_config(cfg, cls)
     dev = resolve_device(device, fallback=cpu_fallback)
     if data is None:
         data = load_data(dataset, root, modalities, noise, seed)
@@ -60,7 +61,7 @@ def train_run(model_name: str, dataset: str, *, root=None, modalities=None,
         from mmdiff.data.hetero import modality_names
         if not modality_names(data):
             raise _no_modalities(cls.name, dataset)
-    if modalities and 'modalities' in _init_names(cls):
+    if modalities and 'modalities' in cls.hparam_names():
         hparams.setdefault('modalities', list(modalities))
     seed_everything(seed)
     model = cls.from_data(data, **hparams)
@@ -72,14 +73,6 @@ def train_run(model_name: str, dataset: str, *, root=None, modalities=None,
                       resume=resume, progress=progress, log=log,
                       config=config, **trainer_kw)
     return trainer.fit(), model, data
-
-
-def _init_names(cls) -> set:
-    from mmdiff.nn.models._util import signature_names
-    names = signature_names(cls.from_data)
-    if 'hparams' in names:
-        names |= signature_names(cls.__init__)
-    return names
 
 
 def _no_modalities(model: str, dataset: str):

@@ -1,5 +1,5 @@
 r"""User modality preference by one hop of normalised bipartite message
-passing (LD4MRec, Eq. 14; ALGORITHMS.md §4.1)."""
+passing (LD4MRec, Eq. 14; docs/algorithms.md §4.1)."""
 from __future__ import annotations
 
 from typing import Final, Optional, Tuple
@@ -11,40 +11,9 @@ from torch_geometric.nn.conv import MessagePassing
 from torch_geometric.typing import Adj, OptTensor, SparseTensor
 from torch_geometric.utils import is_torch_sparse_tensor, spmm
 
-
-def user_item_to_item_user(edge_index: Tensor) -> Tensor:
-    r"""Flips ``[2, E]`` (user, item) edges -- the layout of
-    ``data['user', 'interacts', 'item'].edge_index`` -- into the (item, user)
-    source-to-target layout that :class:`ModalityPreference` propagates
-    along."""
-    return edge_index.flip(0)
-
-
-def _inv_sqrt(deg: Tensor) -> Tensor:
-    out = deg.pow(-0.5)
-    return out.masked_fill_(torch.isinf(out), 0.0)
-
-
-def bipartite_norm(
-    edge_index: Tensor,
-    edge_weight: OptTensor,
-    size: Tuple[int, int],
-    dtype: Optional[torch.dtype] = None,
-) -> Tensor:
-    r"""Edge weights :math:`w_{iu} / \sqrt{\deg(u)\,\deg(i)}` of a bipartite
-    (source, target) edge list; degrees are (weighted) edge counts on each
-    side, and zero-degree nodes never occur on an edge."""
-    src, dst = edge_index[0], edge_index[1]
-    if edge_weight is None:
-        edge_weight = torch.ones(src.numel(), dtype=dtype or torch.float,
-                                 device=src.device)
-    elif dtype is not None:
-        edge_weight = edge_weight.to(dtype)
-    deg_src = torch.zeros(size[0], dtype=edge_weight.dtype,
-                          device=src.device).index_add_(0, src, edge_weight)
-    deg_dst = torch.zeros(size[1], dtype=edge_weight.dtype,
-                          device=src.device).index_add_(0, dst, edge_weight)
-    return _inv_sqrt(deg_src)[src] * edge_weight * _inv_sqrt(deg_dst)[dst]
+from mmdiff.errors import DataError
+from mmdiff.graph.adjacency import check_edge_index, user_item_to_item_user
+from mmdiff.graph.norm import sym_norm_weights
 
 
 def _norm_torch_sparse(adj_t: Tensor, dtype: torch.dtype) -> Tensor:
@@ -55,15 +24,11 @@ def _norm_torch_sparse(adj_t: Tensor, dtype: torch.dtype) -> Tensor:
             adj_t = adj_t.coalesce()
         adj_t = adj_t.to_sparse_csr()
     crow, col = adj_t.crow_indices(), adj_t.col_indices()
-    val = adj_t.values().to(dtype)
     num_rows, num_cols = adj_t.shape
     row = torch.repeat_interleave(torch.arange(num_rows, device=crow.device),
                                   crow[1:] - crow[:-1])
-    deg_row = torch.zeros(num_rows, dtype=dtype,
-                          device=val.device).index_add_(0, row, val)
-    deg_col = torch.zeros(num_cols, dtype=dtype,
-                          device=val.device).index_add_(0, col, val)
-    val = _inv_sqrt(deg_row)[row] * val * _inv_sqrt(deg_col)[col]
+    val = sym_norm_weights(row, col, num_rows, num_cols, adj_t.values(),
+                           dtype)
     return torch.sparse_csr_tensor(crow, col, val, size=(num_rows, num_cols))
 
 
@@ -92,9 +57,12 @@ class ModalityPreference(MessagePassing):
     the sources and users the targets**.  It can be given as
 
     * a ``[2, E]`` :obj:`edge_index` with item ids in row 0 and user ids in
-      row 1, plus ``size=(num_items, num_users)`` (use
-      :func:`user_item_to_item_user` or :meth:`forward_user_item` for the
-      (user, item) layout of :mod:`mmdiff` data);
+      row 1, plus the required ``size=(num_items, num_users)`` (use
+      :func:`~mmdiff.graph.user_item_to_item_user` or
+      :meth:`forward_user_item` for the (user, item) layout of
+      :mod:`mmdiff` data; without ``size``, or with ids out of range for
+      it, the layer raises :class:`~mmdiff.errors.DataError` naming the
+      expected orientation);
     * a :class:`torch_geometric.EdgeIndex` of the same layout with
       ``sparse_size=(num_items, num_users)``; sorted by column it takes the
       fused sparse-matrix product (:obj:`SUPPORTS_FUSED_EDGE_INDEX`);
@@ -144,14 +112,43 @@ class ModalityPreference(MessagePassing):
         self._cached_edge_index = None
         self._cached_adj_t = None
 
-    def _sizes(self, x: Tensor, edge_index: Adj,
-               size: Optional[Tuple[int, int]]) -> Tuple[int, int]:
+    def _check_graph(self, x_item: Tensor, edge_index: Adj,
+                     size: Optional[Tuple[int, int]]
+                     ) -> Optional[Tuple[int, int]]:
+        r"""Validates the orientation of the graph; returns ``(I, U)`` for a
+        plain ``edge_index``."""
+        I = x_item.size(self.node_dim)
         if isinstance(edge_index, EdgeIndex):
-            return (edge_index.get_num_rows(), edge_index.get_num_cols())
-        if size is not None:
-            return (int(size[0]), int(size[1]))
-        num_users = int(edge_index[1].max()) + 1 if edge_index.numel() else 0
-        return (x.size(self.node_dim), num_users)
+            rows = edge_index.get_num_rows()
+            if rows is not None and rows != I:
+                raise DataError(
+                    f"ModalityPreference propagates items to users: the "
+                    f"EdgeIndex must have sparse_size (num_items, num_users)"
+                    f" with item ids in row 0, got {rows} source nodes for "
+                    f"{I} items")
+            return None
+        if is_torch_sparse_tensor(edge_index) or isinstance(
+                edge_index, SparseTensor):
+            shape = (edge_index.size(0), edge_index.size(1))
+            if shape[1] != I:
+                raise DataError(
+                    f"ModalityPreference propagates items to users: a sparse"
+                    f" adj_t must be [num_users, num_items] (rows = users), "
+                    f"got {shape} for {I} items")
+            return None
+        if size is None:
+            raise DataError(
+                "ModalityPreference propagates items to users: a plain "
+                "edge_index must hold (item, user) pairs (row 0 item ids, "
+                "row 1 user ids) and needs size=(num_items, num_users); for "
+                "the data's (user, item) edges use forward_user_item() or "
+                "mmdiff.graph.user_item_to_item_user()")
+        size = (int(size[0]), int(size[1]))
+        if size[0] != I:
+            raise DataError(f"size[0] must be the number of items "
+                            f"({I} feature rows), got size={size}")
+        check_edge_index(edge_index, size[0], size[1], 'item', 'user')
+        return size
 
     def forward(self, x_item: Tensor, edge_index: Adj,
                 size: Optional[Tuple[int, int]] = None,
@@ -162,12 +159,12 @@ class ModalityPreference(MessagePassing):
             x_item (Tensor): Item features ``[I, F]``.
             edge_index (Tensor, EdgeIndex or sparse): The item-to-user graph
                 (see the class docstring).
-            size ((int, int), optional): ``(I, U)`` for a plain
-                :obj:`edge_index`; without it the number of users is taken as
-                the largest user id + 1.
+            size ((int, int), optional): ``(I, U)``; required for a plain
+                :obj:`edge_index`.
             edge_weight (Tensor, optional): ``[E]`` edge weights (default:
                 ones).
         """
+        size = self._check_graph(x_item, edge_index, size)
         if self.normalize:
             if is_torch_sparse_tensor(edge_index):
                 cache = self._cached_adj_t
@@ -180,9 +177,9 @@ class ModalityPreference(MessagePassing):
                 cache = self._cached_adj_t
                 if cache is None:
                     row, col, val = edge_index.coo()
-                    w = bipartite_norm(torch.stack([col, row]), val,
-                                       (edge_index.size(1),
-                                        edge_index.size(0)), x_item.dtype)
+                    w = sym_norm_weights(row, col, edge_index.size(0),
+                                         edge_index.size(1), val,
+                                         x_item.dtype)
                     cache = edge_index.set_value(w, layout='coo')
                     if self.cached:
                         self._cached_adj_t = cache
@@ -190,18 +187,18 @@ class ModalityPreference(MessagePassing):
             else:
                 cache = self._cached_edge_index
                 if cache is None:
-                    sizes = self._sizes(x_item, edge_index, size)
-                    w = bipartite_norm(edge_index.as_tensor() if isinstance(
-                        edge_index, EdgeIndex) else edge_index, edge_weight,
-                        sizes, x_item.dtype)
+                    if isinstance(edge_index, EdgeIndex):
+                        src, dst = edge_index.as_tensor()
+                        sizes = (edge_index.get_num_rows(),
+                                 edge_index.get_num_cols())
+                    else:
+                        (src, dst), sizes = edge_index, size
+                    w = sym_norm_weights(src, dst, sizes[0], sizes[1],
+                                         edge_weight, x_item.dtype)
                     cache = (edge_index, w)
                     if self.cached:
                         self._cached_edge_index = cache
                 edge_index, edge_weight = cache
-        if (size is None and isinstance(edge_index, Tensor)
-                and not isinstance(edge_index, EdgeIndex)
-                and not is_torch_sparse_tensor(edge_index)):
-            size = self._sizes(x_item, edge_index, None)
 
         # propagate_type: (x: Tensor, edge_weight: OptTensor)
         return self.propagate(edge_index, x=(x_item, None),

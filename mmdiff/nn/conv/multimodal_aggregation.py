@@ -1,28 +1,28 @@
 r"""Message-passing layers of DiffMM's multi-modal graph aggregation
-(ALGORITHMS.md §2.3-§2.4).
+(docs/algorithms.md §2.3-§2.4).
 
-* :class:`NormalizedPropagation` — one hop :math:`\mathbf{X}' = \hat{G}
+* :class:`NormalizedPropagation` — one hop :math:`\mathbf{X}' = G
   \mathbf{X}` with given (already normalised) edge weights.
 * :class:`MultiModalAggregation` — DiffMM's ``forward_MM`` (the
   recommendation embeddings) and ``forward_cl_MM`` (the per-modality
   contrastive views) for any number of modalities.
-* :func:`matrix_to_adj` — turns the stored entries ``(row, col, value)`` of a
-  propagation matrix :math:`G` (so that ``out = G @ x``) into any adjacency
-  format the layers take.
 
-Conventions.  The layers follow PyG's ``flow='source_to_target'``: for an
-``edge_index`` ``[2, E]`` (or an :class:`~torch_geometric.EdgeIndex`) row 0
-holds the *source* and row 1 the *target* node, and
-:math:`\mathbf{x}'_i = \sum_{(j, i)} w_{ji} \mathbf{x}_j`; a sparse
-``torch`` matrix is the *transposed* adjacency ``adj_t`` (rows are targets),
-so it is passed as the matrix :math:`G` itself.  DiffMM's regenerated graphs
-are not symmetric after edge dropout (ALGORITHMS.md §2.6 step 4), so the
-direction matters: :func:`matrix_to_adj` takes care of it.
+Conventions.  The layers follow PyG's ``flow='source_to_target'``, like
+every graph function of :mod:`mmdiff.graph`: for an ``edge_index`` ``[2,
+E]`` (or an :class:`~torch_geometric.EdgeIndex`) row 0 holds the *source*
+and row 1 the *target* node, and :math:`\mathbf{x}'_i = \sum_{(j, i)}
+w_{ji} \mathbf{x}_j`; a sparse ``torch`` matrix is the transposed
+adjacency ``adj_t`` (rows are targets), i.e. the matrix :math:`G` of
+``out = G @ x``.  DiffMM's regenerated graphs are not symmetric after edge
+dropout, so the direction matters: pass the output of
+:func:`mmdiff.graph.regenerate_graph` (or any :mod:`mmdiff.graph` function)
+straight in, or convert it with :func:`mmdiff.graph.to_adj`.
 
-Every format computes the same result (tested); speed differs.  On CPU
-(PEERS.md §4-§5), a fused sparse product is ~8x faster than gather/scatter,
-and an :class:`~torch_geometric.EdgeIndex` additionally caches the transposed
-structure, so its backward pass does not transpose the matrix again.
+Every format computes the same result (tested); speed differs: on CPU a
+fused sparse product is much faster than gather/scatter, and an
+:class:`~torch_geometric.EdgeIndex` additionally caches the transposed
+structure, so its backward pass does not transpose the matrix again
+(``benchmarks/results/propagation.md``).
 """
 from __future__ import annotations
 
@@ -36,57 +36,7 @@ from torch_geometric.nn.conv import MessagePassing
 from torch_geometric.typing import Adj, OptTensor
 from torch_geometric.utils import spmm
 
-#: A propagation graph: an ``Adj`` that carries its own values (a sparse
-#: ``torch`` tensor or a ``SparseTensor``), or a pair ``(edge_index,
-#: edge_weight)`` where ``edge_index`` is a ``[2, E]`` tensor or an
-#: :class:`~torch_geometric.EdgeIndex` sorted by column.
-Graph = Union[Adj, Tuple[Adj, OptTensor]]
-
-LAYOUTS = ('edge_index', 'csr', 'edge_index_obj')
-
-
-def matrix_to_adj(edge_index: Tensor, edge_weight: Tensor, num_nodes: int,
-                  layout: str = 'edge_index_obj') -> Graph:
-    r"""Converts the entries of a propagation matrix :math:`G`
-    (``edge_index[0]`` = row = receiving node, ``edge_index[1]`` = column =
-    sending node, ``out = G @ x``) into a graph the layers of this module
-    consume.
-
-    Args:
-        edge_index (Tensor): ``[2, E]`` (row, col) entries of :math:`G`,
-            e.g. from :func:`mmdiff.graph.normalized_edges` (optionally
-            passed through :func:`mmdiff.graph.dropout_normalized_edges`).
-        edge_weight (Tensor): ``[E]`` values.
-        num_nodes (int): :math:`N`; :math:`G` is :math:`N \times N`.
-        layout (str): ``'edge_index'`` returns ``(source/target edge_index,
-            weight)`` (gather/scatter propagation); ``'csr'`` a
-            :obj:`torch.sparse_csr` matrix (fused :func:`torch.sparse.mm`);
-            ``'edge_index_obj'`` ``(EdgeIndex, weight)`` sorted by target
-            with both CSR and CSC caches filled (fused, cached backward).
-    """
-    if layout == 'csr':
-        return torch.sparse_coo_tensor(
-            edge_index, edge_weight, (num_nodes, num_nodes)).coalesce() \
-            .to_sparse_csr()
-    flipped = edge_index.flip(0)  # (source = column of G, target = row)
-    if layout == 'edge_index':
-        return flipped, edge_weight
-    if layout == 'edge_index_obj':
-        ei = EdgeIndex(flipped, sparse_size=(num_nodes, num_nodes))
-        ei, perm = ei.sort_by('col')
-        w = edge_weight if perm is None else edge_weight[perm]
-        ei.fill_cache_()
-        return ei, w
-    raise ValueError(f"unknown layout {layout!r}; expected one of {LAYOUTS}")
-
-
-def _split_graph(graph: Graph) -> Tuple[Adj, OptTensor]:
-    if isinstance(graph, (tuple, list)):
-        if len(graph) != 2:
-            raise ValueError("a graph must be an adjacency or a pair "
-                             "(edge_index, edge_weight)")
-        return graph[0], graph[1]
-    return graph, None
+from mmdiff.graph.adjacency import Graph, split_graph
 
 
 class NormalizedPropagation(MessagePassing):
@@ -98,7 +48,7 @@ class NormalizedPropagation(MessagePassing):
         w_{j,i}\, \mathbf{x}_j,
         \qquad\text{i.e.}\qquad \mathbf{X}' = \hat{G}\,\mathbf{X}
 
-    For DiffMM :math:`\hat{G} = D^{-1/2}(A + I)D^{-1/2}` (ALGORITHMS.md
+    For DiffMM :math:`\hat{G} = D^{-1/2}(A + I)D^{-1/2}` (docs/algorithms.md
     §2.3) or its edge-dropped version.  This is PyG's
     :class:`~torch_geometric.nn.conv.LGConv` with ``normalize=False``, plus
     fused propagation over an :class:`~torch_geometric.EdgeIndex` with edge
@@ -139,7 +89,7 @@ class NormalizedPropagation(MessagePassing):
 
 
 class MultiModalAggregation(NormalizedPropagation):
-    r"""DiffMM's multi-modal graph aggregation (ALGORITHMS.md §2.4) over the
+    r"""DiffMM's multi-modal graph aggregation (docs/algorithms.md §2.4) over the
     main user-item graph :math:`G` and one generated graph :math:`G_m` per
     modality :math:`m \in \mathcal{M}`.
 
@@ -209,7 +159,7 @@ class MultiModalAggregation(NormalizedPropagation):
     # ------------------------------------------------------------------
     def hop(self, x: Tensor, graph: Graph) -> Tensor:
         r"""One sparse product ``G @ x`` with ``graph`` in any format."""
-        adj, w = _split_graph(graph)
+        adj, w = split_graph(graph)
         return self.propagate(adj, x=x, edge_weight=w)
 
     def layers(self, x: Tensor, graph: Graph) -> Tensor:

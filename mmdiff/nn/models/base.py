@@ -27,14 +27,16 @@ round-trip with ``torch.load(weights_only=True)``.
 """
 from __future__ import annotations
 
-from dataclasses import dataclass, field
-from typing import Callable, Dict, Iterable, List, Optional, Sequence
+import inspect
+from dataclasses import dataclass
+from typing import Any, Callable, Dict, List, Mapping, Optional
 
 import torch
 from torch import Tensor
 from torch_geometric.data import HeteroData
 
 from mmdiff.data.batch import TripletBatch, UserBatch  # noqa: F401
+from mmdiff.errors import ConfigError
 
 
 @dataclass
@@ -78,10 +80,68 @@ class Recommender(torch.nn.Module):
     name: str = 'recommender'
     #: whether the model needs at least one item modality
     requires_modalities: bool = False
+    #: other accepted names of hyper-parameters, ``{alias: name}`` (e.g.
+    #: the official DiffMM names); see :meth:`canonical_hparams`
+    hparam_aliases: Mapping[str, str] = {}
 
     @classmethod
     def from_data(cls, data: HeteroData, **hparams) -> 'Recommender':
         raise NotImplementedError
+
+    @classmethod
+    def hparam_names(cls) -> set:
+        r"""The hyper-parameters :meth:`from_data` accepts (keyword
+        arguments of ``from_data`` and ``__init__`` other than the data and
+        the tensors derived from it)."""
+        names = set()
+        for fn in (cls.from_data, cls.__init__):
+            names |= {p.name for p in inspect.signature(fn).parameters
+                      .values() if p.kind in (p.POSITIONAL_OR_KEYWORD,
+                                              p.KEYWORD_ONLY)}
+        return names - {'self', 'cls', 'data', 'num_users', 'num_items',
+                        'edge_index', 'features'}
+
+    @classmethod
+    def validated_hparams(cls, hparams: Mapping[str, Any]
+                          ) -> Dict[str, Any]:
+        r""":meth:`canonical_hparams`, then a
+        :class:`~mmdiff.errors.ConfigError` naming every unknown
+        hyper-parameter.  Every :meth:`from_data` starts with this."""
+        hparams = cls.canonical_hparams(hparams)
+        allowed = cls.hparam_names()
+        unknown = sorted(k for k in hparams if k not in allowed)
+        if unknown:
+            raise ConfigError(
+                f"{cls.__name__}: unknown hyper-parameter(s) "
+                f"{', '.join(unknown)}; valid: {', '.join(sorted(allowed))}"
+                + (f" (also accepted: {', '.join(sorted(cls.hparam_aliases))})"
+                   if cls.hparam_aliases else ''))
+        return hparams
+
+    @classmethod
+    def canonical_hparams(cls, hparams: Mapping[str, Any],
+                          prefer_alias: bool = False) -> Dict[str, Any]:
+        r"""``hparams`` with every alias of :attr:`hparam_aliases` replaced
+        by its name.  An alias given together with its name raises
+        :class:`~mmdiff.errors.ConfigError` if the values differ, unless
+        ``prefer_alias`` (used for merged configurations, where an alias can
+        only come from a user's override of a preset written with the
+        names)."""
+        out: Dict[str, Any] = {}
+        aliases = {k: v for k, v in hparams.items()
+                   if k in cls.hparam_aliases}
+        for k, v in hparams.items():
+            if k not in cls.hparam_aliases:
+                out[k] = v
+        for alias, v in aliases.items():
+            name = cls.hparam_aliases[alias]
+            if name in out and out[name] != v and not prefer_alias:
+                raise ConfigError(
+                    f"{cls.__name__}: {alias!r} is another name of "
+                    f"{name!r}; got both ({alias}={v!r}, {name}="
+                    f"{out[name]!r})")
+            out[name] = v
+        return out
 
     def phases(self) -> List[TrainingPhase]:
         raise NotImplementedError

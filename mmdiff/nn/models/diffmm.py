@@ -1,54 +1,56 @@
 r"""DiffMM (Jiang et al., "DiffMM: Multi-Modal Diffusion Model for
-Recommendation", ACM MM 2024), following ALGORITHMS.md §2 and the
-decisions D1-D9 of §7 (the official code HKUDS/DiffMM is the ground truth).
+Recommendation", ACM MM 2024), following docs/algorithms.md §2 and its
+decisions D1-D9 (the official code HKUDS/DiffMM is the ground truth).
 
-One training epoch (ALGORITHMS.md §2.8) is two phases of the
+One training epoch (docs/algorithms.md §2.8) is two phases of the
 :class:`~mmdiff.nn.models.base.Recommender` protocol:
 
 1. ``'diffusion'`` (user batches): one
-   :class:`~mmdiff.nn.interaction_diffusion.InteractionDiffusion` per
-   modality learns to denoise interaction rows, with modality-aware signal
-   injection (§2.6).  Its ``after`` hook regenerates every modality graph
+   :class:`~mmdiff.nn.diffusion.InteractionDiffusion` per modality learns
+   to denoise interaction rows, with modality-aware signal injection
+   (§2.6).  Its ``after`` hook regenerates every modality graph
    :math:`G_m` from the denoised rows (top-``rebuild_k`` items per user,
    :math:`D^{-1/2}(A+I)D^{-1/2}`, then edge dropout once per epoch).
 2. ``'bpr'`` (BPR triples): ID embeddings, feature transforms and modality
    weights learn from BPR + L2 + cross-modal InfoNCE over
-   :class:`~mmdiff.nn.conv.multimodal_aggregation.MultiModalAggregation`
-   (§2.4, §2.7).
+   :class:`~mmdiff.nn.conv.MultiModalAggregation` (§2.4, §2.7).
 
 Scores are :math:`\langle E^*_U[u], E^*_I[i] \rangle` of one full forward.
 """
 from __future__ import annotations
 
-import ast
-from typing import Dict, List, Mapping, Optional, Sequence, Tuple, Union
+from typing import (Callable, Dict, List, Mapping, Optional, Sequence,
+                    Tuple, Union)
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor
 from torch_geometric.data import HeteroData
 
+from mmdiff.checks import (
+    check_choice,
+    check_float,
+    check_int,
+    check_sizes,
+)
 from mmdiff.data.hetero import (
     edge_index_of,
+    edges_to_csr,
     get_modalities,
     num_items,
     num_users,
 )
 from mmdiff.errors import ConfigError
-from mmdiff.graph import dropout_normalized_edges, normalized_edges
+from mmdiff.graph import dropout_normalized_edges, normalized_edges, to_adj
+from mmdiff.graph.store import GraphStore
 from mmdiff.nn.contrastive import info_nce
-from mmdiff.nn.conv.multimodal_aggregation import (
-    LAYOUTS,
-    MultiModalAggregation,
-    matrix_to_adj,
-)
-from mmdiff.nn.diffusion import GaussianDiffusion
-from mmdiff.nn.denoiser import DiffMMDenoiser
-from mmdiff.nn.interaction_diffusion import (
+from mmdiff.nn.conv.multimodal_aggregation import MultiModalAggregation
+from mmdiff.nn.denoisers.mlp import DiffMMDenoiser
+from mmdiff.nn.diffusion import (
+    GaussianDiffusion,
     InteractionDiffusion,
     generate_topk_edges,
 )
-from mmdiff.nn.models._util import check_hparams
 from mmdiff.nn.models.base import (
     Recommender,
     TrainingPhase,
@@ -56,11 +58,19 @@ from mmdiff.nn.models.base import (
     UserBatch,
 )
 
+#: ``precision`` values: what runs in bfloat16 (CPU/CUDA autocast).
+PRECISIONS = ('float32', 'bf16-denoiser', 'bf16')
+
+#: ``denoiser_factory(num_items, modality) -> module`` (see
+#: :mod:`mmdiff.nn.denoisers.base` for the contract).
+DenoiserFactory = Callable[[int, Optional[str]], torch.nn.Module]
+
 TRANSFORMS = ('proj', 'linear')
 
 
 class FeatureTransform(torch.nn.Module):
-    r"""DiffMM's per-modality item-feature transform (ALGORITHMS.md §2.2).
+    r"""DiffMM's per-modality item-feature transform (docs/algorithms.md
+    §2.2).
 
     * ``'proj'`` (``trans=0``): :math:`F = \mathrm{LeakyReLU}_{0.2}(X W)`,
       :math:`W \in \mathbb{R}^{d_m \times d}` Xavier-uniform, no bias.
@@ -97,7 +107,7 @@ class FeatureTransform(torch.nn.Module):
 
 def _transform_kinds(trans, names: List[str]) -> List[str]:
     r"""Maps DiffMM's ``trans`` (0, 1, 2, a list or a dict) to one transform
-    kind per modality (ALGORITHMS.md D8).  ``trans=2`` is the official
+    kind per modality (docs/algorithms.md D8).  ``trans=2`` is the official
     dataset hack: ``'proj'`` for a modality named ``image``, ``'linear'``
     for every other one."""
     def kind(v, where):
@@ -128,60 +138,24 @@ def _transform_kinds(trans, names: List[str]) -> List[str]:
     return [k] * len(names)
 
 
-def _int(name: str, value, lo: int, hi: Optional[int] = None) -> int:
-    if isinstance(value, bool) or not isinstance(value, int):
-        raise ConfigError(f"{name} must be an integer, got {value!r}")
-    if value < lo or (hi is not None and value > hi):
-        rng = f">= {lo}" if hi is None else f"in [{lo}, {hi}]"
-        raise ConfigError(f"{name} must be {rng}, got {value}")
-    return value
-
-
-def _float(name: str, value, positive: bool = False,
-           nonneg: bool = False) -> float:
-    if isinstance(value, bool) or not isinstance(value, (int, float)):
-        raise ConfigError(f"{name} must be a number, got {value!r}")
-    value = float(value)
-    if positive and not value > 0:
-        raise ConfigError(f"{name} must be > 0, got {value}")
-    if nonneg and not value >= 0:
-        raise ConfigError(f"{name} must be >= 0, got {value}")
-    return value
-
-
-def _dims(value) -> List[int]:
-    if isinstance(value, str):
-        try:
-            value = ast.literal_eval(value)
-        except (ValueError, SyntaxError):
-            raise ConfigError(f"dims must be a list of sizes such as [1000],"
-                              f" got {value!r}") from None
-    if isinstance(value, int) and not isinstance(value, bool):
-        value = [value]
-    if not isinstance(value, (list, tuple)) or not value or any(
-            isinstance(v, bool) or not isinstance(v, int) or v < 1
-            for v in value):
-        raise ConfigError(f"dims must be a non-empty list of positive "
-                          f"integers, got {value!r}")
-    return [int(v) for v in value]
-
-
 class DiffMM(Recommender):
     r"""DiffMM: multi-modal diffusion for recommendation.
 
-    Parameters (ALGORITHMS.md §2.2): ID embeddings :math:`E_U, E_I`
+    Parameters (docs/algorithms.md §2.2): ID embeddings :math:`E_U, E_I`
     (Xavier-uniform), one feature transform per modality
     (:class:`FeatureTransform`), modality weights :math:`\omega` (init
     :math:`1/|M|`, used as :math:`\mathrm{softmax}(\omega)`), and one
-    :class:`~mmdiff.nn.denoiser.DiffMMDenoiser` per modality.
+    denoiser per modality (default :class:`~mmdiff.nn.denoisers.
+    DiffMMDenoiser`; any module meeting :class:`~mmdiff.nn.denoisers.
+    Denoiser` through ``denoiser_factory``).
 
     **Diffusion phase** (per user batch, rows :math:`x_0`; §2.6):
     :math:`\mathcal{L}_{diff} = \sum_m \mathcal{L}_{elbo,m} +
-    e_{loss}\,\mathcal{L}_{msi,m}` with the un-normalised transform output
-    :math:`F_m` and :math:`E_I` detached (D6), uniform steps (D4).  After
-    the phase every :math:`G_m` is rebuilt from the denoised rows of all
-    users: reverse process from the clean row (``sampling_steps`` = 0), top
-    ``rebuild_k`` items *including* observed ones (D5), bipartite
+    \lambda_{msi}\,\mathcal{L}_{msi,m}` with the un-normalised transform
+    output :math:`F_m` and :math:`E_I` detached (D6), uniform steps (D4).
+    After the phase every :math:`G_m` is rebuilt from the denoised rows of
+    all users: reverse process from the clean row (``sampling_steps`` = 0),
+    top ``rebuild_k`` items *including* observed ones (D5), bipartite
     :math:`D^{-1/2}(A+I)D^{-1/2}`, and edge dropout applied once per epoch
     to the normalised entries (self-loops too, both directions
     independently, kept values scaled by :math:`1/\rho`; D2).  The dropped
@@ -189,20 +163,19 @@ class DiffMM(Recommender):
     ``eval_uses_dropped_graph=True`` (parity), its evaluation.
 
     **BPR phase** (per triple batch; §2.7): with :math:`(E^*_U, E^*_I)` and
-    the views :math:`V_m` of
-    :class:`~mmdiff.nn.conv.multimodal_aggregation.MultiModalAggregation`,
+    the views :math:`V_m` of :class:`~mmdiff.nn.conv.MultiModalAggregation`,
 
     .. math::
-        \mathcal{L} = -\frac{1}{1024}\sum_{(u,i,j)} \log\sigma(
+        \mathcal{L} = -\frac{1}{B}\sum_{(u,i,j)} \log\sigma(
         \hat{y}_{ui} - \hat{y}_{uj})
         + \lambda_{reg}(\lVert E_U\rVert_F^2 + \lVert E_I\rVert_F^2)
         + \lambda_{ssl}\,\mathcal{L}_{cl}
 
-    where the BPR sum is divided by the *nominal* batch size ``batch``
-    also for the last partial batch, and the L2 term covers the full ID
-    tables (D7).  ``cl_method=0``: :math:`\mathcal{L}_{cl} = \sum_{m<m'}
-    \mathrm{InfoNCE}(V_m^U, V_{m'}^U, users) + \mathrm{InfoNCE}(V_m^I,
-    V_{m'}^I, pos)`; ``cl_method=1``: :math:`\sum_m
+    where the BPR sum is divided by the *nominal* batch size :math:`B`
+    (``batch_size``) also for the last partial batch, and the L2 term
+    covers the full ID tables (D7).  ``cl_method=0``: :math:`\mathcal{L}_{cl}
+    = \sum_{m<m'} \mathrm{InfoNCE}(V_m^U, V_{m'}^U, users) +
+    \mathrm{InfoNCE}(V_m^I, V_{m'}^I, pos)`; ``cl_method=1``: :math:`\sum_m
     \mathrm{InfoNCE}(E^*_U, V_m^U, users) + \mathrm{InfoNCE}(E^*_I, V_m^I,
     pos)` (:func:`~mmdiff.nn.contrastive.info_nce`; only the selected
     variant is computed).
@@ -213,55 +186,85 @@ class DiffMM(Recommender):
     :math:`\mathcal{L}_{cl}`; ``use_msi=False`` drops
     :math:`\mathcal{L}_{msi}`.
 
-    Regenerated graphs are saved by :meth:`get_extra_state` as plain tensors
+    Regenerated graphs (a :class:`~mmdiff.graph.store.GraphStore`) are
+    saved by :meth:`get_extra_state` as plain tensors
     (``torch.load(weights_only=True)`` works).  The model follows the
     device of its parameters and never densifies the :math:`U \times I`
     matrix (only ``[batch, I]`` rows).
 
-    Use :meth:`from_data`; the constructor takes tensors.
+    Use :meth:`from_data`; the constructor takes tensors.  The official
+    code's names are accepted as aliases (:attr:`hparam_aliases`, table in
+    ``docs/hyperparameters.md``).
 
-    Args (official names; defaults = the official code, ALGORITHMS.md §2.9):
-        latdim (int): :math:`d`.  gnn_layer (int): :math:`L`.
-        reg (float): L2 weight.  ssl_reg (float): InfoNCE weight.
-        temp (float): :math:`\tau`.  keep_rate (float): edge keep
-            probability :math:`\rho` of the generated graphs.
-        dims (list of int): denoiser hidden sizes.  d_emb_size (int):
-            step-embedding size.  norm (bool): row-normalise denoiser input.
-        steps, noise_scale, noise_min, noise_max: the schedule (§2.6);
-            beta_fixed (float): :math:`\beta_0` overwrite (1e-4, D3).
-        sampling_steps (int), sampling_noise (bool): reverse-process start
-            and noise at regeneration.  rebuild_k (int): generated items per
-            user (1 as in ALGORITHMS.md; the official ``Params.py`` as
-            stored in our reference index says 5, which scores lower on
-            TikTok, see ``benchmarks/results/quality.md``).  e_loss (float):
-            MSI weight.
+    Example, a denoiser of your own for every modality::
+
+        class MyDenoiser(torch.nn.Module):            # (x_t, t) -> x0_hat
+            def __init__(self, num_items):
+                super().__init__()
+                self.net = torch.nn.Sequential(
+                    torch.nn.Linear(num_items, 256), torch.nn.Tanh(),
+                    torch.nn.Linear(256, num_items))
+
+            def forward(self, x_t, t):
+                return self.net(x_t)
+
+        model = DiffMM.from_data(
+            data, denoiser_factory=lambda num_items, modality:
+            MyDenoiser(num_items))
+
+    Args (defaults = the official code, docs/algorithms.md §2.9):
+        embedding_dim (int): :math:`d` (official: ``latdim``).
+        num_layers (int): :math:`L` main-graph layers (``gnn_layer``).
+        reg (float): L2 weight :math:`\lambda_{reg}`.
+        ssl_reg (float): InfoNCE weight :math:`\lambda_{ssl}`.
+        temperature (float): :math:`\tau` (``temp``).
+        keep_rate (float): Edge keep probability :math:`\rho` of the
+            generated graphs.
+        hidden_dims (list of int): Denoiser hidden sizes (``dims``).
+        time_dim (int): Step-embedding size (``d_emb_size``).
+        norm (bool): Row-normalise the denoiser input.
+        dropout (float): Input dropout of the denoisers.
+        steps, noise_scale, noise_min, noise_max: The schedule (§2.6);
+            beta_fixed (float): :math:`\beta_0` overwrite (D3).
+        sampling_steps (int), sampling_noise (bool): Reverse-process start
+            and noise at regeneration.
+        rebuild_k (int): Generated items per user (docs/algorithms.md
+            §2.9 on the choice of 1).
+        msi_weight (float): :math:`\lambda_{msi}` (``e_loss``).
         ris_lambda, ris_adj_lambda (float): :math:`\lambda_{ris}`,
             :math:`\lambda_{adj}`.
         trans: 0 (``'proj'``), 1 (``'linear'``), 2 (``image`` proj, others
             linear), or a per-modality list / dict of kinds (D8).
         cl_method (int): 0 modality-vs-modality, 1 modality-vs-main.
-        lr (float): Adam lr of both phases.  batch (int): user batch and
-            triple batch size; also the nominal BPR divisor.
-        exclude_observed (bool): never regenerate training edges (D5 option).
-        eval_uses_dropped_graph (bool): evaluate with the epoch's dropped
+        lr (float): Adam lr of both phases.
+        batch_size (int): User batch and triple batch size; also the
+            nominal BPR divisor (``batch``).
+        exclude_observed (bool): Never regenerate training edges (D5 option).
+        eval_uses_dropped_graph (bool): Evaluate with the epoch's dropped
             graphs (parity, D2) or the undropped ones.
-        use_modal_graphs, use_contrastive, use_msi (bool): ablations.
-        autocast_bf16 (bool): bfloat16 autocast for the denoiser MLPs
-            (training and regeneration).  cl_bf16 (bool): bfloat16
-            similarity products in InfoNCE.  Both off by default (float32).
-            Both on, TikTok over 7 seeds paired by seed: validation-selected
-            test Recall@20 unchanged (+0.0002), best-test-epoch Recall@20
-            0.0009 lower, epoch 1.4-1.6x faster on CPU
-            (``benchmarks/results/diffmm_speed.md``).
-        fused_reverse, fused_loss (bool): exact rearranged reverse process
-            and diffusion loss (see
-            :class:`~mmdiff.nn.interaction_diffusion.InteractionDiffusion`).
-        sparse_layout (str): ``'edge_index_obj'`` (default, fused with a
-            cached transpose), ``'csr'`` or ``'edge_index'`` (all equal).
-        denoiser_dropout (float): input dropout of the denoisers (0.5).
+        use_modal_graphs, use_contrastive, use_msi (bool): Ablations.
+        precision (str): ``'float32'``; ``'bf16-denoiser'`` (bfloat16
+            autocast for the denoisers, training and regeneration);
+            ``'bf16'`` (also the InfoNCE similarity products).  Losses are
+            float32 throughout.  Measured speed and quality of each setting:
+            ``benchmarks/results/diffmm_speed.md``.
+        denoiser_factory (callable, optional): ``factory(num_items,
+            modality) -> module``, called once per modality; default: a
+            :class:`~mmdiff.nn.denoisers.DiffMMDenoiser` with
+            ``hidden_dims``, ``time_dim``, ``dropout`` and ``norm``.
     """
     name = 'diffmm'
     requires_modalities = True
+    hparam_aliases = {
+        'latdim': 'embedding_dim',
+        'gnn_layer': 'num_layers',
+        'dims': 'hidden_dims',
+        'd_emb_size': 'time_dim',
+        'batch': 'batch_size',
+        'e_loss': 'msi_weight',
+        'temp': 'temperature',
+        'denoiser_dropout': 'dropout',
+    }
 
     def __init__(
         self,
@@ -270,41 +273,38 @@ class DiffMM(Recommender):
         edge_index: Tensor,
         features: Mapping[str, Tensor],
         *,
-        latdim: int = 64,
-        gnn_layer: int = 1,
+        embedding_dim: int = 64,
+        num_layers: int = 1,
         reg: float = 1e-5,
         ssl_reg: float = 1e-2,
-        temp: float = 0.5,
+        temperature: float = 0.5,
         keep_rate: float = 0.5,
-        dims: Union[Sequence[int], str] = (1000,),
-        d_emb_size: int = 10,
+        hidden_dims: Union[Sequence[int], str] = (1000,),
+        time_dim: int = 10,
         norm: bool = False,
+        dropout: float = 0.5,
         steps: int = 5,
         noise_scale: float = 0.1,
         noise_min: float = 1e-4,
         noise_max: float = 0.02,
+        beta_fixed: Optional[float] = 1e-4,
         sampling_steps: int = 0,
         sampling_noise: bool = False,
         rebuild_k: int = 1,
-        e_loss: float = 0.1,
+        msi_weight: float = 0.1,
         ris_lambda: float = 0.5,
         ris_adj_lambda: float = 0.2,
         trans=0,
         cl_method: int = 0,
         lr: float = 1e-3,
-        batch: int = 1024,
+        batch_size: int = 1024,
         exclude_observed: bool = False,
         eval_uses_dropped_graph: bool = True,
         use_modal_graphs: bool = True,
         use_contrastive: bool = True,
         use_msi: bool = True,
-        autocast_bf16: bool = False,
-        cl_bf16: bool = False,
-        fused_reverse: bool = True,
-        fused_loss: bool = True,
-        sparse_layout: str = 'edge_index_obj',
-        denoiser_dropout: float = 0.5,
-        beta_fixed: Optional[float] = 1e-4,
+        precision: str = 'float32',
+        denoiser_factory: Optional[DenoiserFactory] = None,
     ):
         super().__init__()
         names = list(features)
@@ -312,33 +312,31 @@ class DiffMM(Recommender):
             raise ConfigError("DiffMM needs at least one item modality; the "
                               "data has none (add one with "
                               "mmdiff.data.hetero.add_modality)")
-        self.num_users = _int('num_users', num_users, 1)
-        self.num_items = _int('num_items', num_items, 1)
+        self.num_users = check_int('num_users', num_users, 1)
+        self.num_items = check_int('num_items', num_items, 1)
         self.modalities = names
-        self.latdim = _int('latdim', latdim, 1)
-        self.gnn_layer = _int('gnn_layer', gnn_layer, 0)
-        self.reg = _float('reg', reg, nonneg=True)
-        self.ssl_reg = _float('ssl_reg', ssl_reg, nonneg=True)
-        self.temp = _float('temp', temp, positive=True)
-        self.keep_rate = _float('keep_rate', keep_rate)
-        if not 0.0 < self.keep_rate <= 1.0:
-            raise ConfigError(f"keep_rate must be in (0, 1], got {keep_rate}")
-        self.dims = _dims(dims)
-        self.d_emb_size = _int('d_emb_size', d_emb_size, 1)
-        self.steps = _int('steps', steps, 1)
-        self.sampling_steps = _int('sampling_steps', sampling_steps, 0,
-                                   self.steps)
-        self.rebuild_k = _int('rebuild_k', rebuild_k, 1, self.num_items)
-        self.e_loss = _float('e_loss', e_loss, nonneg=True)
-        self.ris_lambda = _float('ris_lambda', ris_lambda)
-        self.ris_adj_lambda = _float('ris_adj_lambda', ris_adj_lambda)
-        self.cl_method = _int('cl_method', cl_method, 0, 1)
-        self.lr = _float('lr', lr, positive=True)
-        self.batch = _int('batch', batch, 1)
-        if sparse_layout not in LAYOUTS:
-            raise ConfigError(f"sparse_layout must be one of {LAYOUTS}, got "
-                              f"{sparse_layout!r}")
-        self.sparse_layout = sparse_layout
+        self.embedding_dim = check_int('embedding_dim', embedding_dim, 1)
+        self.num_layers = check_int('num_layers', num_layers, 0)
+        self.reg = check_float('reg', reg, 0)
+        self.ssl_reg = check_float('ssl_reg', ssl_reg, 0)
+        self.temperature = check_float('temperature', temperature, 0,
+                                       lo_open=True)
+        self.keep_rate = check_float('keep_rate', keep_rate, 0, 1,
+                                     lo_open=True)
+        self.hidden_dims = check_sizes('hidden_dims', hidden_dims)
+        self.time_dim = check_int('time_dim', time_dim, 1)
+        self.dropout = check_float('dropout', dropout, 0, 1, hi_open=True)
+        self.steps = check_int('steps', steps, 1)
+        self.sampling_steps = check_int('sampling_steps', sampling_steps, 0,
+                                        self.steps)
+        self.rebuild_k = check_int('rebuild_k', rebuild_k, 1, self.num_items)
+        self.msi_weight = check_float('msi_weight', msi_weight, 0)
+        self.ris_lambda = check_float('ris_lambda', ris_lambda)
+        self.ris_adj_lambda = check_float('ris_adj_lambda', ris_adj_lambda)
+        self.cl_method = check_int('cl_method', cl_method, 0, 1)
+        self.lr = check_float('lr', lr, 0, lo_open=True)
+        self.batch_size = check_int('batch_size', batch_size, 1)
+        self.precision = check_choice('precision', precision, PRECISIONS)
         self.norm = bool(norm)
         self.sampling_noise = bool(sampling_noise)
         self.exclude_observed = bool(exclude_observed)
@@ -346,10 +344,11 @@ class DiffMM(Recommender):
         self.use_modal_graphs = bool(use_modal_graphs)
         self.use_contrastive = bool(use_contrastive)
         self.use_msi = bool(use_msi)
-        self.autocast_bf16 = bool(autocast_bf16)
-        self.cl_bf16 = bool(cl_bf16)
         kinds = _transform_kinds(trans, names)
         self.trans = kinds
+        # Propagation format of the graphs; every layout gives the same
+        # result (tested), the default is the fastest measured.
+        self._sparse_layout = 'edge_index_obj'
 
         # Data-derived, non-persistent buffers (rebuilt from the data).
         U, I = self.num_users, self.num_items
@@ -357,7 +356,6 @@ class DiffMM(Recommender):
         ei, w = normalized_edges(edge_index, U, I, add_self_loops=True)
         self.register_buffer('main_index', ei, persistent=False)
         self.register_buffer('main_weight', w, persistent=False)
-        from mmdiff.data.hetero import edges_to_csr
         csr = edges_to_csr(edge_index, U, I)
         self.register_buffer('inter_crow', csr.crow_indices(),
                              persistent=False)
@@ -371,7 +369,7 @@ class DiffMM(Recommender):
                                  persistent=False)
 
         # Parameters.
-        d = self.latdim
+        d = self.embedding_dim
         self.user_emb = torch.nn.Parameter(torch.empty(U, d))
         self.item_emb = torch.nn.Parameter(torch.empty(I, d))
         self.transforms = torch.nn.ModuleList(
@@ -380,35 +378,58 @@ class DiffMM(Recommender):
         self.modal_weight = torch.nn.Parameter(
             torch.full((len(names),), 1.0 / len(names)))
         self.aggregation = MultiModalAggregation(
-            U, num_layers=self.gnn_layer, ris_lambda=self.ris_lambda,
+            U, num_layers=self.num_layers, ris_lambda=self.ris_lambda,
             ris_adj_lambda=self.ris_adj_lambda)
         if self.use_modal_graphs:
+            if denoiser_factory is None:
+                def denoiser_factory(n: int, modality: Optional[str] = None):
+                    return DiffMMDenoiser(n, self.hidden_dims, self.time_dim,
+                                          self.dropout, self.norm)
             self.diffusion = GaussianDiffusion(noise_scale, noise_min,
                                                noise_max, self.steps,
                                                beta_fixed=beta_fixed)
             self.denoisers = torch.nn.ModuleList(
                 InteractionDiffusion(
-                    DiffMMDenoiser(I, self.dims, self.d_emb_size,
-                                   denoiser_dropout, self.norm),
-                    self.diffusion, sampling_steps=self.sampling_steps,
+                    denoiser_factory(I, m), self.diffusion,
+                    sampling_steps=self.sampling_steps,
                     sampling_noise=self.sampling_noise,
-                    autocast_bf16=self.autocast_bf16,
-                    fused_reverse=fused_reverse, fused_loss=fused_loss)
-                for _ in names)
+                    autocast_bf16=self.precision != 'float32')
+                for m in names)
         else:
             self.diffusion = None
             self.denoisers = torch.nn.ModuleList()
+        self.graphs = GraphStore(U + I, len(names))
         self.reset_parameters()
-
-        # Regenerated graphs: per modality the (row, col) entries and values
-        # of G_m used for training (dropped) and, if different, evaluation.
-        self._graphs: Optional[List[Tuple[Tensor, Tensor]]] = None
-        self._eval_graphs: Optional[List[Tuple[Tensor, Tensor]]] = None
-        self._adj_cache: Dict[tuple, object] = {}
         self._snapshot: Optional[tuple] = None
         self._scores: Optional[Tuple[Tensor, Tensor]] = None
+        self._main_adj = None
 
     # ------------------------------------------------------------------
+    @classmethod
+    def canonical_hparams(cls, hparams, prefer_alias: bool = False):
+        r"""Aliases, plus the two former bfloat16 switches of the official
+        command lines of this library (``autocast_bf16``, ``cl_bf16``),
+        translated to ``precision``."""
+        hparams = dict(hparams)
+        flags = {k: bool(hparams.pop(k)) for k in ('autocast_bf16',
+                                                   'cl_bf16')
+                 if k in hparams}
+        if flags:
+            den, cl = flags.get('autocast_bf16', False), \
+                flags.get('cl_bf16', False)
+            if cl and not den:
+                raise ConfigError("cl_bf16 without autocast_bf16 has no "
+                                  "precision setting; use precision='bf16' "
+                                  "(both) or 'bf16-denoiser'")
+            value = 'bf16' if cl else 'bf16-denoiser' if den else 'float32'
+            if 'precision' in hparams and hparams['precision'] != value \
+                    and not prefer_alias:
+                raise ConfigError(f"DiffMM: autocast_bf16/cl_bf16 give "
+                                  f"precision={value!r}, but precision="
+                                  f"{hparams['precision']!r} is set too")
+            hparams['precision'] = value
+        return super().canonical_hparams(hparams, prefer_alias)
+
     @classmethod
     def from_data(cls, data: HeteroData, modalities=None,
                   **hparams) -> 'DiffMM':
@@ -416,10 +437,7 @@ class DiffMM(Recommender):
         the item modalities ``modalities`` (a name, a list of names, or
         :obj:`None` for all, in the data's order).  Unknown
         hyper-parameters raise :class:`~mmdiff.errors.ConfigError`."""
-        import inspect
-        allowed = {p.name for p in inspect.signature(cls.__init__)
-                   .parameters.values() if p.kind == p.KEYWORD_ONLY}
-        check_hparams(cls.__name__, hparams, allowed)
+        hparams = cls.validated_hparams(hparams)
         if isinstance(modalities, str):
             modalities = [modalities]
         if modalities is not None:
@@ -442,9 +460,11 @@ class DiffMM(Recommender):
         with torch.no_grad():
             self.modal_weight.fill_(1.0 / len(self.modalities))
         for d in self.denoisers:
-            d.denoiser.reset_parameters()
-        self._graphs = self._eval_graphs = None
-        self._adj_cache = {}
+            reset = getattr(d.denoiser, 'reset_parameters', None)
+            if reset is not None:
+                reset()
+        self.graphs.clear()
+        self._scores = None
 
     # Parameters of the two phases -------------------------------------
     def main_parameters(self) -> List[torch.nn.Parameter]:
@@ -461,11 +481,11 @@ class DiffMM(Recommender):
             out.append(TrainingPhase(
                 'diffusion', 'users', self.diffusion_loss,
                 self.denoiser_parameters(), lr=self.lr, weight_decay=0.0,
-                batch_size=self.batch, after=self.regenerate_graphs,
+                batch_size=self.batch_size, after=self.regenerate_graphs,
                 after_name='regenerate'))
         out.append(TrainingPhase(
             'bpr', 'triplets', self.bpr_loss, self.main_parameters(),
-            lr=self.lr, weight_decay=0.0, batch_size=self.batch))
+            lr=self.lr, weight_decay=0.0, batch_size=self.batch_size))
         return out
 
     def on_epoch_start(self, epoch: int) -> None:
@@ -493,13 +513,13 @@ class DiffMM(Recommender):
 
     # Phase 1: diffusion -------------------------------------------------
     def diffusion_loss(self, batch: UserBatch) -> Dict[str, Tensor]:
-        r""":math:`\sum_m \mathcal{L}_{elbo,m} + e_{loss}
+        r""":math:`\sum_m \mathcal{L}_{elbo,m} + \lambda_{msi}
         \mathcal{L}_{msi,m}` on the batch's dense rows."""
         if not self.use_modal_graphs:
             raise ConfigError("use_modal_graphs=False: DiffMM has no "
                               "diffusion phase")
         rows = batch.rows.to(self.user_emb.device, torch.float32)
-        msi_w = self.e_loss if self.use_msi else 0.0
+        msi_w = self.msi_weight if self.use_msi else 0.0
         feats, item_emb = self._diffusion_snapshot() if msi_w else (None,
                                                                      None)
         total = elbo = msi = None
@@ -522,7 +542,7 @@ class DiffMM(Recommender):
 
     @torch.no_grad()
     def regenerate_graphs(self) -> Dict[str, float]:
-        r"""Rebuilds every :math:`G_m` (ALGORITHMS.md §2.6) and applies the
+        r"""Rebuilds every :math:`G_m` (docs/algorithms.md §2.6) and applies the
         epoch's edge dropout.  Returns the fraction of generated edges that
         are training interactions (a diagnostic, averaged over
         modalities)."""
@@ -533,15 +553,14 @@ class DiffMM(Recommender):
         graphs, eval_graphs, observed = [], [], []
         for diff in self.denoisers:
             edges = generate_topk_edges(diff, csr, U, I, self.rebuild_k,
-                                        self.batch, self.exclude_observed)
+                                        self.batch_size,
+                                        self.exclude_observed)
             observed.append(self._observed_fraction(edges))
             ei, w = normalized_edges(edges, U, I, add_self_loops=True)
             graphs.append(dropout_normalized_edges(ei, w, self.keep_rate))
             eval_graphs.append((ei, w))
-        self._graphs = graphs
-        self._eval_graphs = None if self.eval_uses_dropped_graph \
-            else eval_graphs
-        self._adj_cache = {}
+        self.graphs.set(graphs, None if self.eval_uses_dropped_graph
+                        else eval_graphs)
         self._scores = None
         return {'regen_observed': sum(observed) / len(observed)}
 
@@ -555,32 +574,26 @@ class DiffMM(Recommender):
             if gen.numel() else 0.0
 
     # Graph access -------------------------------------------------------
-    def _adj(self, key: str, entries: Tuple[Tensor, Tensor]):
-        device = self.user_emb.device
-        ck = (key, str(device), self.sparse_layout)
-        if ck not in self._adj_cache:
-            ei, w = entries
-            self._adj_cache[ck] = matrix_to_adj(
-                ei.to(device), w.to(device), self.num_users + self.num_items,
-                self.sparse_layout)
-        return self._adj_cache[ck]
-
     def main_graph(self):
-        r"""The main graph :math:`G` in the layout ``sparse_layout``."""
-        return self._adj('main', (self.main_index, self.main_weight))
+        r"""The main graph :math:`G` in the layer format."""
+        device = self.user_emb.device
+        key = (str(device), self._sparse_layout)
+        if self._main_adj is None or self._main_adj[0] != key:
+            self._main_adj = (key, to_adj(
+                self.main_index.to(device), self.main_weight.to(device),
+                self.num_users + self.num_items, self._sparse_layout))
+        return self._main_adj[1]
 
     def modal_graphs(self, for_eval: bool = False):
-        r"""The generated graphs :math:`G_m` (a list, modality order) or
-        :obj:`None` without them; regenerated first if none exist yet."""
+        r"""The generated graphs :math:`G_m` (a list, modality order) in the
+        layer format, or :obj:`None` without them; regenerated first if none
+        exist yet."""
         if not self.use_modal_graphs:
             return None
-        if self._graphs is None:
+        if not self.graphs:
             self.regenerate_graphs()
-        if for_eval and self._eval_graphs is not None:
-            return [self._adj(f'eval_{k}', g)
-                    for k, g in enumerate(self._eval_graphs)]
-        return [self._adj(f'train_{k}', g)
-                for k, g in enumerate(self._graphs)]
+        return self.graphs.adjacencies(for_eval, self.user_emb.device,
+                                       self._sparse_layout)
 
     # Phase 2: BPR + CL --------------------------------------------------
     def embeddings(self, return_views: bool = False, for_eval: bool = False):
@@ -598,7 +611,7 @@ class DiffMM(Recommender):
 
     def bpr_loss(self, batch: TripletBatch) -> Dict[str, Tensor]:
         r"""BPR (divided by the nominal batch) + L2 on the full ID tables +
-        InfoNCE (ALGORITHMS.md §2.7)."""
+        InfoNCE (docs/algorithms.md §2.7)."""
         self._scores = None
         views = None
         if self._needs_views():
@@ -608,13 +621,13 @@ class DiffMM(Recommender):
         users, pos, neg = batch.users, batch.pos, batch.neg
         u = eu[users]
         diff = (u * ei[pos]).sum(-1) - (u * ei[neg]).sum(-1)
-        bpr = -F.logsigmoid(diff).sum() / self.batch
+        bpr = -F.logsigmoid(diff).sum() / self.batch_size
         reg = self.reg * (self.user_emb.square().sum() +
                           self.item_emb.square().sum())
         loss = bpr + reg
         cl = loss.new_zeros(())
         if views is not None:
-            t, bf = self.temp, self.cl_bf16
+            t, bf = self.temperature, self.precision == 'bf16'
             if self.cl_method == 0:
                 for m in range(len(views) - 1):
                     others = views[m + 1:]
@@ -646,47 +659,20 @@ class DiffMM(Recommender):
     # Checkpoints ----------------------------------------------------------
     def get_extra_state(self) -> Dict[str, Tensor]:
         r"""The regenerated graphs as a flat dict of tensors
-        (``graph.<k>.index`` / ``.weight`` and, when evaluation uses the
-        undropped graphs, ``eval_graph.<k>.*``)."""
-        state: Dict[str, Tensor] = {}
-        for prefix, graphs in (('graph', self._graphs),
-                               ('eval_graph', self._eval_graphs)):
-            for k, (ei, w) in enumerate(graphs or []):
-                state[f'{prefix}.{k}.index'] = ei
-                state[f'{prefix}.{k}.weight'] = w
-        return state
+        (:meth:`~mmdiff.graph.store.GraphStore.state`)."""
+        return self.graphs.state()
 
     def set_extra_state(self, state) -> None:
-        if not isinstance(state, Mapping):
-            raise ConfigError("DiffMM extra state must be a dict of tensors")
-        M = len(self.modalities)
-        out = {}
-        for prefix in ('graph', 'eval_graph'):
-            ks = [k for k in range(M) if f'{prefix}.{k}.index' in state]
-            if not ks:
-                out[prefix] = None
-                continue
-            if ks != list(range(M)):
-                raise ConfigError(f"DiffMM extra state has {prefix} entries "
-                                  f"for {len(ks)} of {M} modalities")
-            device = self.user_emb.device
-            out[prefix] = [(state[f'{prefix}.{k}.index'].to(device).long(),
-                            state[f'{prefix}.{k}.weight'].to(device).float())
-                           for k in range(M)]
-        self._graphs = out['graph']
-        self._eval_graphs = out['eval_graph']
-        self._adj_cache = {}
+        self.graphs.load_state(state, self.user_emb.device)
         self._scores = None
 
     def _apply(self, fn, *args, **kwargs):
         # Moving the model moves the generated graphs too.
         out = super()._apply(fn, *args, **kwargs)
-        for attr in ('_graphs', '_eval_graphs'):
-            graphs = getattr(self, attr, None)
-            if graphs is not None:
-                setattr(self, attr, [(fn(ei) if not ei.is_floating_point()
-                                      else ei, fn(w)) for ei, w in graphs])
-        self._adj_cache = {}
+        graphs = getattr(self, 'graphs', None)
+        if graphs is not None:
+            graphs.apply(fn)
+        self._main_adj = None
         self._scores = None
         self._snapshot = None
         return out
@@ -696,6 +682,7 @@ class DiffMM(Recommender):
                          for k, m in enumerate(self.modalities))
         return (f'{self.__class__.__name__}({self.num_users}, '
                 f'{self.num_items}, modalities=[{mods}], '
-                f'latdim={self.latdim}, gnn_layer={self.gnn_layer}, '
-                f'dims={self.dims}, steps={self.steps}, '
+                f'embedding_dim={self.embedding_dim}, '
+                f'num_layers={self.num_layers}, '
+                f'hidden_dims={self.hidden_dims}, steps={self.steps}, '
                 f'cl_method={self.cl_method}, trans={self.trans})')

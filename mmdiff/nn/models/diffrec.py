@@ -1,9 +1,10 @@
 r"""DiffRec (Wang et al., SIGIR 2023), the interaction-row diffusion
 recommender both DiffMM and LD4MRec build on, as a baseline on the same
-splits (ALGORITHMS.md §1; the LD4MRec paper reports it in Table 2).
+splits (docs/algorithms.md §1; the LD4MRec paper reports it in Table 2).
 
-It is :class:`~mmdiff.nn.interaction_diffusion.InteractionDiffusion` with a
-:class:`~mmdiff.nn.denoiser.DiffMMDenoiser` (DiffRec's MLP) trained on every
+It is :class:`~mmdiff.nn.diffusion.InteractionDiffusion` with a
+:class:`~mmdiff.nn.denoisers.DiffMMDenoiser` (DiffRec's MLP, or any
+denoiser from ``denoiser_factory``) trained on every
 user's row and scored by the reverse process from the clean row, with the
 defaults of the official ``amazon-book_clean`` command line
 (YiyanXu/DiffRec ``run.sh``: lr 5e-5, batch 400, dims [1000], emb 10,
@@ -12,7 +13,7 @@ steps, SNR reweighting, importance-sampled steps, :math:`\beta_0 = 10^{-5}`).
 """
 from __future__ import annotations
 
-from typing import Dict, List, Optional, Sequence
+from typing import Callable, Dict, List, Optional, Sequence
 
 import torch
 from torch import Tensor
@@ -21,12 +22,18 @@ from torch_geometric.data import HeteroData
 from mmdiff.data.hetero import edge_index_of, edges_to_csr, num_items, \
     num_users
 from mmdiff.data.samplers import dense_rows
-from mmdiff.errors import ConfigError
-from mmdiff.nn.denoiser import DiffMMDenoiser
-from mmdiff.nn.diffusion import GaussianDiffusion
-from mmdiff.nn.interaction_diffusion import InteractionDiffusion
-from mmdiff.nn.models._util import check_hparams, signature_names
+from mmdiff.checks import (
+    check_choice,
+    check_float,
+    check_optional_int,
+    check_sizes,
+)
+from mmdiff.nn.denoisers.mlp import DiffMMDenoiser
+from mmdiff.nn.diffusion import GaussianDiffusion, InteractionDiffusion
 from mmdiff.nn.models.base import Recommender, TrainingPhase, UserBatch
+
+#: ``precision`` values of DiffRec (its only network is the denoiser).
+PRECISIONS = ('float32', 'bf16')
 
 
 class DiffRec(Recommender):
@@ -46,9 +53,10 @@ class DiffRec(Recommender):
         num_users (int): Number of users :math:`U`.
         num_items (int): Number of items :math:`I`.
         edge_index (Tensor): Training interactions ``[2, E]`` (user, item).
-        dims (list of int): Hidden sizes of the denoiser.
-            (default: ``[1000]``)
-        emb_size (int): Step-embedding size.  (default: ``10``)
+        hidden_dims (list of int): Hidden sizes of the denoiser.
+            (default: ``[1000]``; official name ``dims``)
+        time_dim (int): Step-embedding size.  (default: ``10``; official
+            name ``emb_size``)
         dropout (float): Input dropout of the denoiser.  (default: ``0.5``)
         norm (bool): Row-normalise the denoiser input.
             (default: :obj:`False`)
@@ -67,19 +75,25 @@ class DiffRec(Recommender):
         weight_decay (float): Adam weight decay.  (default: ``0``)
         batch_size (int, optional): Users per training batch (default: the
             trainer's).
-        autocast_bf16 (bool): bfloat16 autocast for the denoiser.
-            (default: :obj:`False`)
+        precision (str): ``'float32'`` or ``'bf16'`` (bfloat16 autocast
+            for the denoiser).  (default: ``'float32'``)
+        denoiser_factory (callable, optional): ``factory(num_items,
+            modality) -> module`` (called with ``modality=None``) meeting
+            :class:`~mmdiff.nn.denoisers.Denoiser`; default: a
+            :class:`~mmdiff.nn.denoisers.DiffMMDenoiser` with
+            ``hidden_dims``, ``time_dim``, ``dropout`` and ``norm``.
     """
     name = 'diffrec'
     requires_modalities = False
+    hparam_aliases = {'dims': 'hidden_dims', 'emb_size': 'time_dim'}
 
     def __init__(
         self,
         num_users: int,
         num_items: int,
         edge_index: Tensor,
-        dims: Sequence[int] = (1000,),
-        emb_size: int = 10,
+        hidden_dims: Sequence[int] = (1000,),
+        time_dim: int = 10,
         dropout: float = 0.5,
         norm: bool = False,
         steps: int = 5,
@@ -92,35 +106,32 @@ class DiffRec(Recommender):
         lr: float = 5e-5,
         weight_decay: float = 0.0,
         batch_size: Optional[int] = None,
-        autocast_bf16: bool = False,
+        precision: str = 'float32',
+        denoiser_factory: Optional[Callable[..., torch.nn.Module]] = None,
     ):
         super().__init__()
-        if lr <= 0:
-            raise ConfigError(f"DiffRec: lr must be > 0, got {lr}")
-        if not 0.0 <= dropout < 1.0:
-            raise ConfigError(f"DiffRec: dropout must be in [0, 1), got "
-                              f"{dropout}")
-        if batch_size is not None and (isinstance(batch_size, bool) or
-                                       not isinstance(batch_size, int) or
-                                       batch_size < 1):
-            raise ConfigError(f"DiffRec: batch_size must be a positive "
-                              f"integer, got {batch_size!r}")
-        dims = [int(d) for d in ([dims] if isinstance(dims, int) else dims)]
-        if not dims or min(dims) < 1:
-            raise ConfigError(f"DiffRec: dims must be a non-empty list of "
-                              f"positive sizes, got {dims}")
+        self.lr = check_float('lr', lr, 0, lo_open=True)
+        self.weight_decay = check_float('weight_decay', weight_decay, 0)
+        dropout = check_float('dropout', dropout, 0, 1, hi_open=True)
+        self.batch_size = check_optional_int('batch_size', batch_size, 1)
+        self.hidden_dims = check_sizes('hidden_dims', hidden_dims)
+        self.precision = check_choice('precision', precision, PRECISIONS)
         self.num_users, self.num_items = int(num_users), int(num_items)
-        self.lr, self.weight_decay = float(lr), float(weight_decay)
-        self.batch_size = batch_size
+        if denoiser_factory is None:
+            denoiser = DiffMMDenoiser(self.num_items, self.hidden_dims,
+                                      time_dim, dropout, norm)
+        else:
+            denoiser = denoiser_factory(self.num_items, None)
         csr = edges_to_csr(edge_index.cpu().long(), self.num_users,
                            self.num_items)
         self.register_buffer('crow', csr.crow_indices().clone())
         self.register_buffer('col', csr.col_indices().clone())
         self.diffusion = InteractionDiffusion(
-            DiffMMDenoiser(self.num_items, dims, emb_size, dropout, norm),
+            denoiser,
             GaussianDiffusion(noise_scale, noise_min, noise_max, steps,
                               beta_fixed=beta_fixed),
-            sampling_steps=sampling_steps, autocast_bf16=autocast_bf16,
+            sampling_steps=sampling_steps,
+            autocast_bf16=self.precision == 'bf16',
             importance_sampling=importance_sampling)
 
     @classmethod
@@ -128,14 +139,14 @@ class DiffRec(Recommender):
         r"""Builds the model from the training interactions of ``data``
         (modalities are ignored).  Unknown hyper-parameters raise
         :class:`~mmdiff.errors.ConfigError`."""
-        allowed = signature_names(cls.__init__) - {
-            'num_users', 'num_items', 'edge_index'}
-        check_hparams(cls.__name__, hparams, allowed)
+        hparams = cls.validated_hparams(hparams)
         return cls(num_users(data), num_items(data), edge_index_of(data),
                    **hparams)
 
     def reset_parameters(self) -> None:
-        self.diffusion.denoiser.reset_parameters()
+        reset = getattr(self.diffusion.denoiser, 'reset_parameters', None)
+        if reset is not None:
+            reset()
         sampler = self.diffusion.step_sampler
         if sampler is not None:
             sampler.loss_history.zero_()
@@ -166,7 +177,7 @@ class DiffRec(Recommender):
     def __repr__(self) -> str:
         d = self.diffusion
         return (f'{self.__class__.__name__}({self.num_users}, '
-                f'{self.num_items}, dims={d.denoiser.hidden_dims}, '
+                f'{self.num_items}, hidden_dims={self.hidden_dims}, '
                 f'steps={d.diffusion.steps}, '
                 f'noise_scale={d.diffusion.noise_scale}, '
                 f'importance_sampling={d.step_sampler is not None})')

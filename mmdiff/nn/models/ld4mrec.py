@@ -1,9 +1,9 @@
 r"""LD4MRec (Yu et al., WWW 2024): a light diffusion model for multimedia
-recommendation with forward-free one-step inference (ALGORITHMS.md §4).
+recommendation with forward-free one-step inference (docs/algorithms.md §4).
 
 There is no official code; this follows the paper (Eqs. 1-22, Algorithms 1
-and 2) and resolves its gaps with the recommended choices of
-ALGORITHMS.md §7 (D10-D20), each noted where it is implemented.
+and 2) and resolves its gaps with the decisions D10-D20 of
+docs/algorithms.md §7, each noted where it is implemented.
 """
 from __future__ import annotations
 
@@ -21,20 +21,24 @@ from mmdiff.data.hetero import (
     num_items,
     num_users,
 )
+from mmdiff.checks import (
+    check_choice,
+    check_float,
+    check_optional_int,
+)
 from mmdiff.data.samplers import dense_rows
 from mmdiff.errors import ConfigError
-from mmdiff.nn.cnet import BG_MODES, CNet
+from mmdiff.graph.norm import sym_norm_weights
 from mmdiff.nn.conv.modality_preference import ModalityPreference
+from mmdiff.nn.denoisers.cnet import BG_MODES, CNet
 from mmdiff.nn.diffusion import (
+    LOSS_WEIGHTINGS,
     GaussianDiffusion,
     ImportanceStepSampler,
     timestep_embedding,
 )
-from mmdiff.nn.models._util import check_hparams, signature_names
 from mmdiff.nn.models.base import Recommender, TrainingPhase, UserBatch
 from mmdiff.nn.svd import SCALINGS, svd_user_factors
-
-LOSS_WEIGHTINGS = ('posterior_mean', 'snr', 'none')
 INFERENCE_TIMES = ('input', 'first_step')
 
 #: Pre-compute all users' preferences :math:`\tilde{R} X_m` at construction
@@ -45,7 +49,7 @@ PRECOMPUTE_LIMIT = 1 << 24
 def soft_reconstruct(x: Tensor, prob: float, gamma: float,
                      generator: Optional[torch.Generator] = None) -> Tensor:
     r"""Soft behaviour reconstruction :math:`f_s` (LD4MRec Eq. 12,
-    ALGORITHMS.md §4.3, D16).
+    docs/algorithms.md §4.3, D16).
 
     Every entry of the 0/1 rows ``x`` is selected independently with
     probability :math:`p`; selected ones become :math:`1-\gamma`, selected
@@ -110,7 +114,7 @@ class LD4MRec(Recommender):
         steps (int): :math:`T` (D18 rec. 5).
         noise_scale (float): :math:`s`.  (paper: ``0.01``)
         noise_min (float): :math:`\alpha_{min}`.  (paper: ``0.05``)
-        hidden (int): :math:`d`, C-Net width and size of
+        hidden_dim (int): :math:`d`, C-Net width and size of
             :math:`\mathbf{z}_t`, :math:`\mathbf{z}_{in}`.  (rec. ``256``)
         svd_dim (int): Rank of the SVD encoder.  (rec. ``64``)
         num_blocks (int): :math:`L` BD/BG pairs.  (rec. ``2``, D10)
@@ -164,6 +168,7 @@ class LD4MRec(Recommender):
     """
     name = 'ld4mrec'
     requires_modalities = False
+    hparam_aliases = {'hidden': 'hidden_dim'}
 
     def __init__(
         self,
@@ -174,7 +179,7 @@ class LD4MRec(Recommender):
         steps: int = 5,
         noise_scale: float = 0.01,
         noise_min: float = 0.05,
-        hidden: int = 256,
+        hidden_dim: int = 256,
         svd_dim: int = 64,
         num_blocks: int = 2,
         smooth_prob: float = 0.01,
@@ -201,33 +206,14 @@ class LD4MRec(Recommender):
     ):
         super().__init__()
         modalities = dict(modalities or {})
-        if loss_weighting not in LOSS_WEIGHTINGS:
-            raise ConfigError(f"LD4MRec: unknown loss_weighting "
-                              f"{loss_weighting!r}; expected one of "
-                              f"{LOSS_WEIGHTINGS}")
-        if bg_mode not in BG_MODES:
-            raise ConfigError(f"LD4MRec: unknown bg_mode {bg_mode!r}; "
-                              f"expected one of {BG_MODES}")
-        if inference_time not in INFERENCE_TIMES:
-            raise ConfigError(f"LD4MRec: unknown inference_time "
-                              f"{inference_time!r}; expected one of "
-                              f"{INFERENCE_TIMES}")
-        if svd_scaling not in SCALINGS:
-            raise ConfigError(f"LD4MRec: unknown svd_scaling "
-                              f"{svd_scaling!r}; expected one of {SCALINGS}")
-        if not 0.0 <= smooth_prob <= 1.0:
-            raise ConfigError(f"LD4MRec: smooth_prob (p) must be in [0, 1], "
-                              f"got {smooth_prob}")
-        if not 0.0 <= smooth_gamma <= 0.5:
-            raise ConfigError(f"LD4MRec: smooth_gamma (gamma) must be in "
-                              f"[0, 0.5], got {smooth_gamma}")
-        if lr <= 0:
-            raise ConfigError(f"LD4MRec: lr must be > 0, got {lr}")
-        if batch_size is not None and (isinstance(batch_size, bool) or
-                                       not isinstance(batch_size, int) or
-                                       batch_size < 1):
-            raise ConfigError(f"LD4MRec: batch_size must be a positive "
-                              f"integer, got {batch_size!r}")
+        check_choice('loss_weighting', loss_weighting, LOSS_WEIGHTINGS)
+        check_choice('bg_mode', bg_mode, BG_MODES)
+        check_choice('inference_time', inference_time, INFERENCE_TIMES)
+        check_choice('svd_scaling', svd_scaling, SCALINGS)
+        check_float('smooth_prob (p)', smooth_prob, 0, 1)
+        check_float('smooth_gamma (gamma)', smooth_gamma, 0, 0.5)
+        check_float('lr', lr, 0, lo_open=True)
+        check_optional_int('batch_size', batch_size, 1)
         if use_bg and not modalities:
             raise ConfigError(
                 "LD4MRec: use_bg=True needs at least one item modality, but "
@@ -237,7 +223,7 @@ class LD4MRec(Recommender):
         if not use_bg:
             modalities = {}  # preferences are only consumed by BG blocks
         self.num_users, self.num_items = int(num_users), int(num_items)
-        self.hidden, self.svd_dim = hidden, svd_dim
+        self.hidden_dim, self.svd_dim = hidden_dim, svd_dim
         self.smooth_prob, self.smooth_gamma = smooth_prob, smooth_gamma
         self.lr, self.weight_decay = lr, weight_decay
         self.batch_size = batch_size
@@ -256,13 +242,10 @@ class LD4MRec(Recommender):
         self.register_buffer('crow', csr.crow_indices().clone())
         self.register_buffer('col', csr.col_indices().clone())
         # R~ values aligned with (crow, col): 1 / sqrt(|N_u| |N_i|).
-        deg_u = (self.crow[1:] - self.crow[:-1]).float()
-        deg_i = torch.bincount(self.col, minlength=self.num_items).float()
         row = torch.repeat_interleave(torch.arange(self.num_users),
                                       (self.crow[1:] - self.crow[:-1]))
-        self.register_buffer('norm_weight',
-                             (deg_u[row] * deg_i[self.col]).rsqrt(),
-                             persistent=False)
+        self.register_buffer('norm_weight', sym_norm_weights(
+            row, self.col, self.num_users, self.num_items), persistent=False)
 
         # --- collaborative condition c_u (fixed; D18) ---------------------
         self.register_buffer('cf_signal', svd_user_factors(
@@ -297,10 +280,10 @@ class LD4MRec(Recommender):
 
         # --- learnable input time z_in (zeros; D13) and C-Net -------------
         self.input_time = nn.Parameter(torch.zeros(
-            1 if shared_input_time else self.num_users, hidden))
+            1 if shared_input_time else self.num_users, hidden_dim))
         self.cnet = CNet(self.num_items,
                          {m: int(x.size(1)) for m, x in modalities.items()},
-                         hidden=hidden, svd_dim=svd_dim,
+                         hidden_dim=hidden_dim, svd_dim=svd_dim,
                          num_blocks=num_blocks, use_bd=use_bd, use_bg=use_bg,
                          dropout=dropout, time_concat=time_concat,
                          bg_mode=bg_mode)
@@ -319,9 +302,7 @@ class LD4MRec(Recommender):
             **hparams: The keyword arguments of :class:`LD4MRec` (unknown
                 names raise :class:`~mmdiff.errors.ConfigError`).
         """
-        allowed = signature_names(cls.__init__) - {
-            'num_users', 'num_items', 'edge_index', 'modalities'}
-        check_hparams(cls.__name__, hparams, allowed)
+        hparams = cls.validated_hparams(hparams)
         if modalities is not None and isinstance(modalities, str):
             modalities = [modalities]
         feats = get_modalities(data, list(modalities)
@@ -380,38 +361,27 @@ class LD4MRec(Recommender):
         return self.cnet(x_t, t_f, self.cf_signal[users],
                          self.preferences(users))
 
-    def loss_weight(self, t: Tensor) -> Tensor:
-        r"""Per-sample weight of the :math:`x_0` MSE: :math:`(C^{(1)}_t)^2`,
-        the SNR difference, or 1."""
-        if self.loss_weighting == 'posterior_mean':
-            return self.diffusion.posterior_mean_coef1[t].pow(2).float()
-        if self.loss_weighting == 'snr':
-            return self.diffusion.snr_weights[t].float()
-        return torch.ones(t.numel(), device=t.device)
-
     def loss(self, batch: UserBatch) -> Dict[str, Tensor]:
-        r"""One training step of Algorithm 1 on a batch of users."""
+        r"""One training step of Algorithm 1 on a batch of users
+        (:meth:`GaussianDiffusion.training_loss` with the C-Net of the
+        batch's users as the denoiser)."""
         device = self.crow.device
         users = batch.users.to(device)
         x_in = batch.rows.to(device=device, dtype=torch.float32)
-        B = users.numel()
         x0 = soft_reconstruct(x_in, self.smooth_prob, self.smooth_gamma) \
             if self.use_sr else x_in
-        if self.importance_sampling:
-            t, is_weight = self.step_sampler.sample(B, device=device)
-        else:
-            t = self.diffusion.sample_steps(B, device=device)
-            is_weight = torch.ones(B, device=device)
-        x_t = self.diffusion.q_sample(x_in if self.noise_raw_input else x0, t)
-        z_t = timestep_embedding(t + 1, self.hidden, interleaved=True)
-        t_f = z_t + self.input_time_of(users)
-        x_hat = self.denoise(x_t, t_f, users)
-        mse = (x0 - x_hat).pow(2).mean(dim=1)
-        per_sample = self.loss_weight(t) * mse
-        if self.importance_sampling:
-            self.step_sampler.update(t, per_sample)
-        loss = (per_sample * is_weight).mean()
-        return {'loss': loss, 'mse': mse.mean().detach()}
+        z_in = self.input_time_of(users)
+
+        def predict(x_t: Tensor, t: Tensor) -> Tensor:
+            z_t = timestep_embedding(t + 1, self.hidden_dim, interleaved=True)
+            return self.denoise(x_t, z_t + z_in, users)
+
+        out = self.diffusion.training_loss(
+            x0, predict, x_start=x_in if self.noise_raw_input else None,
+            weighting=self.loss_weighting,
+            step_sampler=self.step_sampler if self.importance_sampling
+            else None)
+        return {'loss': out['loss'], 'mse': out['mse'].mean()}
 
     def phases(self) -> List[TrainingPhase]:
         return [TrainingPhase('diffusion', 'users', self.loss,
@@ -430,7 +400,7 @@ class LD4MRec(Recommender):
         if self.inference_time == 'first_step':
             first = torch.ones(users.numel(), dtype=torch.long,
                                device=users.device)
-            t_f = t_f + timestep_embedding(first, self.hidden,
+            t_f = t_f + timestep_embedding(first, self.hidden_dim,
                                            interleaved=True)
         return self.denoise(self.rows(users), t_f, users)
 
@@ -438,7 +408,7 @@ class LD4MRec(Recommender):
         mods = ', '.join(self.modality_names) or 'none'
         return (f'{self.__class__.__name__}({self.num_users}, '
                 f'{self.num_items}, modalities=[{mods}], '
-                f'steps={self.diffusion.steps}, hidden={self.hidden}, '
+                f'steps={self.diffusion.steps}, hidden_dim={self.hidden_dim}, '
                 f'svd_dim={self.svd_dim}, '
                 f'num_blocks={self.cnet.num_blocks}, use_bd={self.use_bd}, '
                 f'use_bg={self.use_bg}, use_sr={self.use_sr})')

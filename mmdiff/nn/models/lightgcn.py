@@ -9,16 +9,9 @@ from torch_geometric.data import HeteroData
 from torch_geometric.nn.models import LightGCN as PyGLightGCN
 
 from mmdiff.data.hetero import edge_index_of, num_items, num_users
-from mmdiff.errors import ConfigError
 from mmdiff.graph import normalized_adjacency
-from mmdiff.nn.conv.multimodal_aggregation import (
-    LAYOUTS,
-    Graph,
-    NormalizedPropagation,
-    _split_graph,
-    matrix_to_adj,
-)
-from mmdiff.nn.models._util import check_hparams, signature_names
+from mmdiff.graph import Graph, split_graph, to_adj
+from mmdiff.nn.conv.multimodal_aggregation import NormalizedPropagation
 from mmdiff.nn.models.base import Recommender, TrainingPhase, TripletBatch
 from mmdiff.nn.models.mf import bpr_loss
 
@@ -35,10 +28,9 @@ class LightGCN(Recommender):
     :class:`~torch_geometric.EdgeIndex` with edge weights, so its layers are
     replaced by the equivalent parameter-free
     :class:`~mmdiff.nn.conv.NormalizedPropagation` hops, which multiply with
-    the cached CSC (forward) / CSR (backward) pair of an ``EdgeIndex``:
-    about 1.5x faster per training hop than a ``torch.sparse_csr`` matrix on
-    this project's CPU (``benchmarks/results/propagation.md``); results
-    agree to float rounding.
+    the cached CSC (forward) / CSR (backward) pair of an ``EdgeIndex``
+    (speeds in ``benchmarks/results/propagation.md``; results agree with
+    the other formats to float rounding).
 
     Loss: BPR with :math:`\frac{\lambda}{2B}`-scaled L2 on the layer-0
     embeddings of the batch (PyG's ``recommendation_loss``).
@@ -51,24 +43,19 @@ class LightGCN(Recommender):
         num_layers (int): :math:`L`.  (default: ``3``)
         reg (float): :math:`\lambda`.  (default: ``1e-4``)
         lr (float): Adam learning rate.  (default: ``1e-3``)
-        sparse_layout (str): ``'edge_index_obj'`` (fused ``EdgeIndex``),
-            ``'csr'`` (``torch.sparse.mm``) or ``'edge_index'``
-            (gather/scatter; slowest).  (default: ``'edge_index_obj'``)
     """
     name = 'lightgcn'
 
     def __init__(self, num_users: int, num_items: int, edge_index: Tensor,
                  embedding_dim: int = 64, num_layers: int = 3,
-                 reg: float = 1e-4, lr: float = 1e-3,
-                 sparse_layout: str = 'edge_index_obj'):
+                 reg: float = 1e-4, lr: float = 1e-3):
         super().__init__()
-        if sparse_layout not in LAYOUTS:
-            raise ConfigError(f"sparse_layout must be one of {LAYOUTS}, got "
-                              f"{sparse_layout!r}")
         self.num_users, self.num_items = num_users, num_items
         self.embedding_dim, self.num_layers = embedding_dim, num_layers
         self.reg, self.lr = reg, lr
-        self.sparse_layout = sparse_layout
+        # Propagation format (every layout of mmdiff.graph.to_adj gives the
+        # same result, tested); the default is the fastest measured.
+        self._sparse_layout = 'edge_index_obj'
         self.gnn = PyGLightGCN(num_users + num_items, embedding_dim,
                                num_layers, normalize=False)
         # Same hop as LGConv(normalize=False), plus the fused EdgeIndex path.
@@ -89,24 +76,23 @@ class LightGCN(Recommender):
 
     @classmethod
     def from_data(cls, data: HeteroData, **hparams) -> 'LightGCN':
-        allowed = signature_names(cls.__init__) - {'num_users', 'num_items',
-                                                   'edge_index'}
-        check_hparams(cls.__name__, hparams, allowed)
+        hparams = cls.validated_hparams(hparams)
         return cls(num_users(data), num_items(data), edge_index_of(data),
                    **hparams)
 
     def adjacency(self) -> Graph:
-        r""":math:`\hat{A}` in ``sparse_layout``, built once per device."""
+        r""":math:`\hat{A}` in the layer format, built once per device."""
         device = self.adj_index.device
-        if self._adj is None or self._adj_device != device:
-            self._adj = matrix_to_adj(self.adj_index, self.adj_weight,
-                                      self.num_users + self.num_items,
-                                      self.sparse_layout)
-            self._adj_device = device
+        key = (device, self._sparse_layout)
+        if self._adj is None or self._adj_device != key:
+            self._adj = to_adj(self.adj_index, self.adj_weight,
+                               self.num_users + self.num_items,
+                               self._sparse_layout)
+            self._adj_device = key
         return self._adj
 
     def embeddings(self) -> Tensor:
-        return self.gnn.get_embedding(*_split_graph(self.adjacency()))
+        return self.gnn.get_embedding(*split_graph(self.adjacency()))
 
     def loss(self, batch: TripletBatch):
         self._cache = None

@@ -8,7 +8,6 @@ from torch import Tensor
 from torch_geometric.data import HeteroData
 
 from mmdiff.data.hetero import num_items, num_users
-from mmdiff.nn.models._util import check_hparams, signature_names
 from mmdiff.nn.models.base import Recommender, TrainingPhase, TripletBatch
 
 
@@ -52,7 +51,7 @@ class MF(Recommender):
 
     @classmethod
     def from_data(cls, data: HeteroData, **hparams) -> 'MF':
-        check_hparams(cls.__name__, hparams, signature_names(cls.__init__))
+        hparams = cls.validated_hparams(hparams)
         return cls(num_users(data), num_items(data), **hparams)
 
     def loss(self, batch: TripletBatch):

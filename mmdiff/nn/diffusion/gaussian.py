@@ -1,27 +1,35 @@
 r"""Gaussian diffusion over user interaction rows: the machinery DiffRec,
-DiffMM and LD4MRec share (ALGORITHMS.md §1).
+DiffMM and LD4MRec share (docs/algorithms.md §1).
 
-* :class:`GaussianDiffusion` — the variance-linear noise schedule (§1.1),
-  forward noising :math:`q(x_t \mid x_0)` (§1.2), the posterior mean of an
-  :math:`x_0`-predicting network (§1.3), SNR weights (§1.4) and the
-  multi-step reverse loop.  Schedules are registered buffers (float64), so
-  ``.to(device)`` and ``state_dict`` carry them.
-* :class:`ImportanceStepSampler` — DiffRec's importance sampling of the
-  step from a history of losses (§1.5), vectorised.
-* :func:`timestep_embedding` — sinusoidal step embeddings in the DiffRec
-  (cos | sin) and the LD4MRec (interleaved sin, cos) forms (§1.6).
+:class:`GaussianDiffusion` holds the variance-linear noise schedule (§1.1),
+forward noising :math:`q(x_t \mid x_0)` (§1.2), the posterior mean of an
+:math:`x_0`-predicting network (§1.3), the loss weights (§1.4), the one
+diffusion training loss of the library (:meth:`GaussianDiffusion.
+training_loss`) and the multi-step reverse loop.  Schedules are registered
+buffers (float64), so ``.to(device)`` and ``state_dict`` carry them.
 
 Steps are 0-based in code (:math:`t = 0..T-1`).
 """
 from __future__ import annotations
 
-import math
-from typing import Callable, Optional, Tuple
+from typing import Callable, Dict, Optional, Tuple
 
 import torch
 from torch import Tensor
 
 from mmdiff.errors import ConfigError
+from mmdiff.nn.diffusion.step_sampler import ImportanceStepSampler
+
+#: Per-sample weights of the :math:`x_0` squared error
+#: (:meth:`GaussianDiffusion.loss_weights`).
+LOSS_WEIGHTINGS = ('snr', 'posterior_mean', 'none')
+
+#: ``fused(x_t, t, step_weights) -> (loss, squared_error [B], extras)``: an
+#: opt-in way to evaluate the weighted squared error of a denoiser without
+#: materialising its ``[B, I]`` prediction (see
+#: :meth:`GaussianDiffusion.training_loss`).
+FusedSquaredError = Callable[[Tensor, Tensor, Tensor],
+                             Tuple[Tensor, Tensor, Dict[str, Tensor]]]
 
 
 def linear_var_betas(noise_scale: float, noise_min: float, noise_max: float,
@@ -132,12 +140,113 @@ class GaussianDiffusion(torch.nn.Module):
     def q_sample(self, x0: Tensor, t: Tensor,
                  noise: Optional[Tensor] = None) -> Tensor:
         r"""Forward noising :math:`q(x_t \mid x_0)` of rows ``x0`` (``[B,
-        I]``) at per-row steps ``t`` (``[B]``)."""
+        I]``) at per-row steps ``t`` (``[B]``):
+        :math:`\sqrt{\bar\alpha_t}\,x_0 + \sqrt{1-\bar\alpha_t}\,
+        \epsilon` (``noise`` :math:`=\epsilon`, default a fresh draw; a
+        given ``noise`` is not modified)."""
         if noise is None:
             noise = torch.randn_like(x0)
-        return (self._extract(self.sqrt_alphas_cumprod, t, x0) * x0 +
-                self._extract(self.sqrt_one_minus_alphas_cumprod, t, x0) *
-                noise)
+        else:
+            noise = noise.clone()
+        x_t = x0 * self._extract(self.sqrt_alphas_cumprod, t, x0)
+        return x_t.add_(noise.mul_(self._extract(
+            self.sqrt_one_minus_alphas_cumprod, t, x0)))
+
+    def loss_weights(self, t: Tensor, weighting: str = 'snr') -> Tensor:
+        r"""Per-sample weights ``[B]`` (float32) of the :math:`x_0` squared
+        error at steps ``t`` (docs/algorithms.md §1.4):
+
+        * ``'snr'`` — :math:`\mathrm{SNR}(t-1) - \mathrm{SNR}(t)`, 1 at
+          :math:`t = 0` (DiffRec's reweighting, DiffMM);
+        * ``'posterior_mean'`` — :math:`(C^{(1)}_t)^2`, the posterior-mean
+          matching loss of LD4MRec Eqs. 10-11;
+        * ``'none'`` — 1 (plain :math:`x_0` MSE).
+        """
+        if weighting == 'snr':
+            return self.snr_weights[t].float()
+        if weighting == 'posterior_mean':
+            return self.posterior_mean_coef1[t].pow(2).float()
+        if weighting == 'none':
+            return torch.ones(t.numel(), device=t.device)
+        raise ConfigError(f"unknown loss weighting {weighting!r}; expected "
+                          f"one of {LOSS_WEIGHTINGS}")
+
+    def training_loss(
+        self,
+        x0: Tensor,
+        predict: Callable[[Tensor, Tensor], Tensor],
+        *,
+        x_start: Optional[Tensor] = None,
+        weighting: str = 'snr',
+        step_sampler: Optional[ImportanceStepSampler] = None,
+        fused: Optional[FusedSquaredError] = None,
+    ) -> Dict[str, Optional[Tensor]]:
+        r"""The diffusion training loss of an :math:`x_0`-predicting
+        denoiser, shared by DiffRec, DiffMM and LD4MRec (docs/algorithms.md
+        §1.2-§1.5):
+
+        .. math::
+            t \sim p_t,\quad
+            x_t = \sqrt{\bar\alpha_t}\,x_{start} +
+            \sqrt{1-\bar\alpha_t}\,\epsilon,\quad
+            \hat{x}_0 = f(x_t, t),\quad
+            \mathcal{L} = \frac{1}{B}\sum_b \frac{w(t_b)}{p_{t_b} T}\,
+            \frac{1}{I}\lVert x_{0,b} - \hat{x}_{0,b}\rVert^2
+
+        with :math:`p_t` uniform (``step_sampler=None``, the factor
+        :math:`1/(p_t T)` is then 1) or drawn by an
+        :class:`ImportanceStepSampler`, whose loss history receives
+        :math:`w(t_b)\,\mathrm{mse}_b` (before :math:`1/(p_t T)`), and
+        :math:`w` from :meth:`loss_weights`.
+
+        Args:
+            x0 (Tensor): Target rows ``[B, I]`` (dense).
+            predict (callable): ``predict(x_t, t) -> x0_hat [B, I]``.
+            x_start (Tensor, optional): The rows that are noised (default
+                ``x0``; LD4MRec may noise the raw rows while reconstructing
+                softened ones).
+            weighting (str): ``'snr'``, ``'posterior_mean'`` or ``'none'``.
+            step_sampler (ImportanceStepSampler, optional): Importance
+                sampling of :math:`t` (uniform when :obj:`None`).
+            fused (callable, optional): ``fused(x_t, t, w / (p_t T)) ->
+                (loss, squared_error [B], extras)`` computes the weighted
+                mean and the per-row squared errors
+                :math:`\lVert x_{0,b} - \hat{x}_{0,b}\rVert^2` itself
+                (e.g. without forming :math:`\hat{x}_0`); ``predict`` is
+                then not called.
+
+        Returns:
+            ``{'loss', 'mse' [B] (detached), 't' [B], 'x_t', 'x_hat'}``
+            (``x_hat`` is :obj:`None` on the ``fused`` path) plus the
+            ``extras`` of ``fused``.
+        """
+        B = x0.size(0)
+        if step_sampler is not None:
+            t, is_weight = step_sampler.sample(B, device=x0.device)
+        else:
+            t, is_weight = self.sample_steps(B, device=x0.device), None
+        x_t = self.q_sample(x0 if x_start is None else x_start, t)
+        weights = self.loss_weights(t, weighting)
+        out: Dict[str, Optional[Tensor]] = {'t': t, 'x_t': x_t,
+                                            'x_hat': None}
+        if fused is not None:
+            step_weights = weights if is_weight is None \
+                else weights * is_weight
+            loss, sq, extras = fused(x_t, t, step_weights)
+            mse = sq / x0.size(1)
+            out.update(extras)
+        else:
+            x_hat = predict(x_t, t).float()
+            mse = (x0 - x_hat).pow(2).mean(dim=1)
+            per_sample = weights * mse
+            loss = (per_sample if is_weight is None
+                    else per_sample * is_weight).mean()
+            out['x_hat'] = x_hat
+        if step_sampler is not None:
+            step_sampler.update(t, weights * mse.detach())
+        out['loss'] = loss
+        out['mse'] = mse.detach()
+        return out
 
     def posterior_mean(self, x0_hat: Tensor, x_t: Tensor, t: Tensor) -> Tensor:
         r""":math:`C^{(1)}_t \hat{x}_0 + C^{(2)}_t x_t`."""
@@ -148,7 +257,7 @@ class GaussianDiffusion(torch.nn.Module):
                 x0: Tensor, sampling_steps: int = 0,
                 sampling_noise: bool = False) -> Tensor:
         r"""The multi-step reverse process used to *generate* rows
-        (DiffMM's regeneration, ALGORITHMS.md §2.6).
+        (DiffMM's regeneration, docs/algorithms.md §2.6).
 
         Starts at :math:`x_0` itself when ``sampling_steps == 0`` (else at
         :math:`q(x_{s-1} \mid x_0)`), then runs all :math:`T` posterior-mean
@@ -178,123 +287,3 @@ class GaussianDiffusion(torch.nn.Module):
         return (f'noise_scale={self.noise_scale}, noise_min={self.noise_min}, '
                 f'noise_max={self.noise_max}, steps={self.steps}, '
                 f'beta_fixed={self.beta_fixed}')
-
-
-class ImportanceStepSampler(torch.nn.Module):
-    r"""Importance sampling of the diffusion step from a history of losses
-    (DiffRec; LD4MRec Eq. 13; ALGORITHMS.md §1.5).
-
-    While any step has fewer than ``history`` recorded losses, steps are
-    drawn uniformly with weight 1.  Afterwards
-
-    .. math::
-        q_t = \sqrt{\tfrac{1}{K}\textstyle\sum_k H_{t,k}^2},\quad
-        p_t = (1-u)\frac{q_t}{\sum_{t'} q_{t'}} + \frac{u}{T}
-
-    and every sample's loss is divided by :math:`p_t T`.  The history is a
-    FIFO per step; :meth:`update` is vectorised (batch order is respected).
-
-    Args:
-        steps (int): :math:`T`.
-        history (int): :math:`K` losses kept per step.  (default: ``10``)
-        uniform_mix (float): :math:`u`.  (default: ``0.001``)
-    """
-
-    def __init__(self, steps: int, history: int = 10,
-                 uniform_mix: float = 0.001):
-        super().__init__()
-        self.steps = steps
-        self.history = history
-        self.uniform_mix = uniform_mix
-        self.register_buffer('loss_history',
-                             torch.zeros(steps, history, dtype=torch.float64))
-        self.register_buffer('count', torch.zeros(steps, dtype=torch.long))
-
-    @property
-    def warm(self) -> bool:
-        return bool((self.count >= self.history).all())
-
-    def probabilities(self) -> Tensor:
-        if not self.warm:
-            return torch.full((self.steps,), 1.0 / self.steps,
-                              dtype=torch.float64, device=self.count.device)
-        q = self.loss_history.pow(2).mean(1).sqrt()
-        p = q / q.sum()
-        return (1.0 - self.uniform_mix) * p + self.uniform_mix / self.steps
-
-    def sample(self, batch_size: int, device=None,
-               generator: Optional[torch.Generator] = None
-               ) -> Tuple[Tensor, Tensor]:
-        r"""Returns steps ``t`` (``[B]``) and per-sample weights ``1/(p_t
-        T)`` (``[B]``, float32; all ones during warm-up)."""
-        device = device if device is not None else self.count.device
-        if not self.warm:
-            t = torch.randint(self.steps, (batch_size,), generator=generator,
-                              device=device)
-            return t, torch.ones(batch_size, device=device)
-        p = self.probabilities()
-        t = torch.multinomial(p.to(device), batch_size, replacement=True,
-                              generator=generator)
-        w = 1.0 / (p.to(device)[t] * self.steps)
-        return t, w.float()
-
-    @torch.no_grad()
-    def update(self, t: Tensor, losses: Tensor) -> None:
-        r"""Pushes the detached per-sample ``losses`` at steps ``t`` into the
-        history, oldest out first, in batch order (vectorised)."""
-        t = t.to(self.count.device)
-        losses = losses.detach().to(self.loss_history.dtype).to(
-            self.count.device)
-        K = self.history
-        order = torch.argsort(t, stable=True)
-        t_s, l_s = t[order], losses[order]
-        n_per = torch.bincount(t_s, minlength=self.steps)
-        start = torch.cumsum(n_per, 0) - n_per
-        rank = torch.arange(t_s.numel(), device=t_s.device) - start[t_s]
-        # Only the last K new values per step can survive.
-        keep = rank >= (n_per[t_s] - K)
-        t_s, l_s, rank = t_s[keep], l_s[keep], rank[keep]
-        n_new = n_per.clamp(max=K)
-        rank = rank - (n_per[t_s] - n_new[t_s])
-        # Shift old entries left by n_new (FIFO) then append the new values.
-        idx = torch.arange(K, device=t.device).view(1, -1) + n_new.view(-1, 1)
-        shifted = torch.where(idx < K,
-                              self.loss_history.gather(1, idx.clamp(max=K - 1)),
-                              torch.zeros_like(self.loss_history))
-        self.loss_history.copy_(shifted)
-        self.loss_history[t_s, K - n_new[t_s] + rank] = l_s
-        self.count.add_(n_per).clamp_(max=K)
-
-    def extra_repr(self) -> str:
-        return (f'steps={self.steps}, history={self.history}, '
-                f'uniform_mix={self.uniform_mix}')
-
-
-def timestep_embedding(t: Tensor, dim: int, max_period: float = 10000.0,
-                       interleaved: bool = False) -> Tensor:
-    r"""Sinusoidal embeddings ``[B, dim]`` of (possibly fractional) steps
-    ``t`` (``[B]``).
-
-    ``interleaved=False`` is the DiffRec/DiffMM form
-    :math:`[\cos(t f_0..), \sin(t f_0..)]` with
-    :math:`f_k = \exp(-\ln(P)\,k/\lfloor D/2 \rfloor)` (a zero column is
-    appended when ``dim`` is odd).  ``interleaved=True`` is LD4MRec Eq. 15:
-    :math:`z[2j] = \sin(t / P^{2j/d})`, :math:`z[2j+1] = \cos(t / P^{2j/d})`.
-    """
-    half = dim // 2
-    t = t.float()
-    if interleaved:
-        j = torch.arange(half, dtype=torch.float32, device=t.device)
-        freqs = torch.exp(-math.log(max_period) * 2.0 * j / dim)
-        args = t[:, None] * freqs[None]
-        emb = torch.stack([torch.sin(args), torch.cos(args)], dim=-1)
-        emb = emb.reshape(t.size(0), 2 * half)
-    else:
-        freqs = torch.exp(-math.log(max_period) *
-                          torch.arange(half, dtype=torch.float32,
-                                       device=t.device) / half)
-        args = t[:, None] * freqs[None]
-        emb = torch.cat([torch.cos(args), torch.sin(args)], dim=-1)
-    if dim % 2:
-        emb = torch.cat([emb, torch.zeros_like(emb[:, :1])], dim=-1)
-    return emb

@@ -1,75 +1,18 @@
-r"""DiffMM's per-modality denoiser (ALGORITHMS.md §2.5), the DiffRec MLP that
-predicts a clean interaction row :math:`\hat{x}_0` from a noisy row
+r"""DiffMM's per-modality denoiser (docs/algorithms.md §2.5), the DiffRec MLP
+that predicts a clean interaction row :math:`\hat{x}_0` from a noisy row
 :math:`x_t` and its diffusion step :math:`t`."""
 from __future__ import annotations
 
 import math
-from typing import Optional, Sequence
+from typing import FrozenSet, Sequence
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor
 
 from mmdiff.errors import ConfigError
-from mmdiff.nn.diffusion import timestep_embedding
-
-
-#: Row strides (in elements) of large float32 matrix-product outputs are
-#: rounded up to a multiple of this; see :func:`mm_aligned`.
-ALIGN = 16
-
-
-def mm_aligned(a: Tensor, b: Tensor, bias: Optional[Tensor] = None
-               ) -> Tensor:
-    r""":math:`a b` (+ ``bias`` broadcast over rows) for plain tensors (no
-    autograd), written into a buffer whose row stride is a multiple of
-    :data:`ALIGN` elements; returns the ``[M, N]`` view.
-
-    On x86 CPUs a float32 GEMM whose output rows are not 32-byte aligned
-    (e.g. :math:`N = 6710` items) runs ~1.5x slower than the same product
-    with a padded row stride (measured with MKL/oneDNN on AVX-512).  Other
-    devices, dtypes, aligned or small outputs use a plain product.
-    """
-    M, N = a.size(0), b.size(1)
-    if (a.device.type != 'cpu' or a.dtype != torch.float32
-            or b.dtype != torch.float32 or N % ALIGN == 0 or M * N < 2 ** 20):
-        return torch.addmm(bias, a, b) if bias is not None else a @ b
-    pad = -(-N // ALIGN) * ALIGN
-    out = torch.empty(M, pad, dtype=a.dtype, device=a.device)[:, :N]
-    if bias is None:
-        out.addmm_(a, b, beta=0)
-    else:
-        out.copy_(bias.expand(M, N))
-        out.addmm_(a, b)
-    return out
-
-
-class _FirstLayer(torch.autograd.Function):
-    r""":math:`x W_x^\top + e W_e^\top + b` for ``weight = [W_x | W_e]``
-    (float32, CPU), with the weight gradient written straight into an
-    aligned ``[h, I + d_t]`` buffer (no slice-gradient copies, no
-    misaligned GEMM output) and no gradient for the constant rows ``x``."""
-
-    @staticmethod
-    def forward(ctx, x, emb, weight, bias):
-        n = x.size(1)
-        ctx.save_for_backward(x, emb, weight)
-        return torch.addmm(torch.addmm(bias, emb, weight[:, n:].t()), x,
-                           weight[:, :n].t())
-
-    @staticmethod
-    def backward(ctx, grad):
-        x, emb, weight = ctx.saved_tensors
-        n = x.size(1)
-        h, cols = weight.shape
-        pad = -(-cols // ALIGN) * ALIGN
-        grad_w = torch.empty(h, pad, dtype=weight.dtype,
-                             device=weight.device)[:, :cols]
-        grad_w[:, :n].addmm_(grad.t(), x, beta=0)
-        grad_w[:, n:] = grad.t() @ emb
-        grad_x = grad @ weight[:, :n] if ctx.needs_input_grad[0] else None
-        grad_emb = grad @ weight[:, n:] if ctx.needs_input_grad[1] else None
-        return grad_x, grad_emb, grad_w, grad.sum(0)
+from mmdiff.nn.diffusion._fused import FirstLayer
+from mmdiff.nn.diffusion.timestep import timestep_embedding
 
 
 def _diffrec_init_(layer: torch.nn.Linear) -> None:
@@ -100,16 +43,19 @@ class DiffMMDenoiser(torch.nn.Module):
 
     where :math:`\mathrm{n}` is the optional row L2-normalisation (``norm``)
     and the input dropout :math:`\mathrm{drop}_p` is active only in training
-    mode and when the call asks for it (the reverse process of DiffMM's graph
-    regeneration calls it without dropout).  Every weight is initialised
+    mode (the reverse process runs the denoiser in evaluation mode).  Every weight is initialised
     :math:`\mathcal{N}(0, \sqrt{2/(\text{fan}_{in}+\text{fan}_{out})})`,
     every bias :math:`\mathcal{N}(0, 0.001)` (the DiffRec init).
 
-    The forward pass is split into :meth:`input_projection`,
-    :meth:`step_term`, :meth:`hidden` and :meth:`output`, so that
-    :class:`~mmdiff.nn.interaction_diffusion.InteractionDiffusion` can run the
-    reverse process without re-multiplying :math:`[B, I]` inputs (exact
-    algebraic rearrangement, see there).
+    It declares the denoiser capabilities ``'linear_output'`` and (without
+    ``norm``) ``'linear_input'`` (:mod:`mmdiff.nn.denoisers.base`): the
+    forward pass is split into :meth:`input_projection`, :meth:`step_term`,
+    :meth:`hidden`, :meth:`hidden_state` and :attr:`output_layer`, so that
+    :class:`~mmdiff.nn.diffusion.InteractionDiffusion` can evaluate the
+    training loss without the ``[B, I]`` prediction and run the reverse
+    process without re-multiplying ``[B, I]`` rows (exact algebraic
+    rearrangements, see there).  A subclass that overrides :meth:`forward`
+    loses these fast paths and is always called as written.
 
     Args:
         num_items (int): :math:`I` (input and output width).
@@ -162,13 +108,22 @@ class DiffMMDenoiser(torch.nn.Module):
         for layer in [self.emb_layer, *self.in_layers, *self.out_layers]:
             _diffrec_init_(layer)
 
+    @property
+    def denoiser_capabilities(self) -> FrozenSet[str]:
+        r"""``{'linear_output'}``, plus ``'linear_input'`` without ``norm``
+        (the row normalisation is not linear)."""
+        if self.norm:
+            return frozenset({'linear_output'})
+        return frozenset({'linear_output', 'linear_input'})
+
     # The forward pass in pieces -------------------------------------------
     @property
     def first_layer(self) -> torch.nn.Linear:
         return self.in_layers[0]
 
     @property
-    def last_layer(self) -> torch.nn.Linear:
+    def output_layer(self) -> torch.nn.Linear:
+        r"""The last, linear layer."""
         return self.out_layers[-1]
 
     def input_projection(self, x: Tensor) -> Tensor:
@@ -201,16 +156,15 @@ class DiffMMDenoiser(torch.nn.Module):
     def output(self, h: Tensor) -> Tensor:
         r"""The last, linear layer: :math:`\hat{x}_0 = W_{out} h +
         b_{out}`."""
-        return self.last_layer(h)
+        return self.output_layer(h)
 
-    def forward(self, x: Tensor, t: Tensor, dropout: bool = True) -> Tensor:
-        r"""Predicts :math:`\hat{x}_0` (``[B, I]``) from noisy rows ``x``
+    def forward(self, x_t: Tensor, t: Tensor) -> Tensor:
+        r"""Predicts :math:`\hat{x}_0` (``[B, I]``) from noisy rows ``x_t``
         (``[B, I]``) at steps ``t`` (``[B]``, 0-based).  Input dropout runs
-        only if ``dropout`` and the module is in training mode."""
-        return self.output(self.hidden_state(x, t, dropout))
+        only in training mode."""
+        return self.output(self.hidden_state(x_t, t))
 
-    def hidden_state(self, x: Tensor, t: Tensor,
-                     dropout: bool = True) -> Tensor:
+    def hidden_state(self, x: Tensor, t: Tensor) -> Tensor:
         r"""Everything but the last (linear) layer: the hidden vector
         :math:`\mathbf{h}` with :math:`\hat{x}_0 = W_{out}\mathbf{h} +
         \mathbf{b}_{out}`, ``[B, h']``."""
@@ -219,7 +173,7 @@ class DiffMMDenoiser(torch.nn.Module):
                              f"got {tuple(x.shape)}")
         if self.norm:
             x = F.normalize(x, dim=1)
-        if dropout and self.training and self.dropout > 0:
+        if self.training and self.dropout > 0:
             # Same distribution as F.dropout (keep w.p. 1-p, scale 1/(1-p));
             # a uniform draw + compare is ~2x faster than bernoulli_ on CPU.
             keep = torch.rand(x.shape, device=x.device) >= self.dropout
@@ -232,7 +186,7 @@ class DiffMMDenoiser(torch.nn.Module):
                 and first.weight.dtype == torch.float32
                 and not torch.is_autocast_enabled('cpu')):
             emb = self.emb_layer(timestep_embedding(t, self.time_dim))
-            pre = _FirstLayer.apply(x, emb, first.weight, first.bias)
+            pre = FirstLayer.apply(x, emb, first.weight, first.bias)
         else:
             pre = self.input_projection(x) + self.step_term(t).to(x.dtype)
         return self.hidden(pre)

@@ -1,4 +1,4 @@
-r"""LD4MRec's conditional reverse network C-Net and its blocks (ALGORITHMS.md
+r"""LD4MRec's conditional reverse network C-Net and its blocks (docs/algorithms.md
 §4.5; paper Eqs. 16-22).
 
 .. code-block:: text
@@ -18,7 +18,7 @@ r"""LD4MRec's conditional reverse network C-Net and its blocks (ALGORITHMS.md
 * :class:`CNet` -- the full network; ``use_bd`` / ``use_bg`` switch the
   ablations of the paper's Fig. 3.
 
-Decisions where the paper is silent (ALGORITHMS.md D10-D12, §4.5):
+Decisions where the paper is silent (docs/algorithms.md D10-D12, §4.5):
 :math:`\sigma_a` = tanh, LeakyReLU(0.2) between blocks, :math:`L = 2`
 blocks, hidden size 256, channel-wise BG affine with identity init,
 concatenation of :math:`t_f` in Eq. 16 (:math:`W_1 \in \mathbb{R}^{d \times
@@ -61,14 +61,14 @@ class BDBlock(nn.Module):
     collaborative signal :math:`\mathbf{c}_u` replaces the behaviour path.
 
     Args:
-        hidden (int): :math:`d`.
+        hidden_dim (int): :math:`d`.
         cond_dim (int): Size of :math:`\mathbf{c}_u` (the SVD rank).
         time_dim (int, optional): Size of :math:`\mathbf{t}_f`
-            (default: ``hidden``).
+            (default: ``hidden_dim``).
         time_concat (bool): Concatenate :math:`\mathbf{t}_f` to
             :math:`\mathbf{h}` in Eq. 16 (the text); with :obj:`False`,
             :math:`W_1 \in \mathbb{R}^{d \times d}` (the stated shape) and
-            time enters only through the gate (ALGORITHMS.md D12).
+            time enters only through the gate (docs/algorithms.md D12).
             (default: :obj:`True`)
 
     Shapes:
@@ -78,17 +78,17 @@ class BDBlock(nn.Module):
         - **output:** :math:`(B, d)`
     """
 
-    def __init__(self, hidden: int, cond_dim: int,
+    def __init__(self, hidden_dim: int, cond_dim: int,
                  time_dim: Optional[int] = None, time_concat: bool = True):
         super().__init__()
-        self.hidden = hidden
+        self.hidden_dim = hidden_dim
         self.cond_dim = cond_dim
-        self.time_dim = hidden if time_dim is None else time_dim
+        self.time_dim = hidden_dim if time_dim is None else time_dim
         self.time_concat = time_concat
-        in1 = hidden + self.time_dim if time_concat else hidden
-        self.lin_behaviour = nn.Linear(in1, hidden)      # W_1
-        self.lin_cond = nn.Linear(cond_dim, hidden)      # W_2
-        self.lin_gate = nn.Linear(self.time_dim, hidden)  # W_3
+        in1 = hidden_dim + self.time_dim if time_concat else hidden_dim
+        self.lin_behaviour = nn.Linear(in1, hidden_dim)      # W_1
+        self.lin_cond = nn.Linear(cond_dim, hidden_dim)      # W_2
+        self.lin_gate = nn.Linear(self.time_dim, hidden_dim)  # W_3
         self.reset_parameters()
 
     def reset_parameters(self):
@@ -103,7 +103,7 @@ class BDBlock(nn.Module):
         return b * (1.0 - g) + cc * g
 
     def __repr__(self) -> str:
-        return (f'{self.__class__.__name__}({self.hidden}, '
+        return (f'{self.__class__.__name__}({self.hidden_dim}, '
                 f'cond_dim={self.cond_dim}, time_dim={self.time_dim}, '
                 f'time_concat={self.time_concat})')
 
@@ -119,10 +119,10 @@ class MLPBlock(nn.Module):
         - **output:** :math:`(B, d)`
     """
 
-    def __init__(self, in_dim: int, hidden: int):
+    def __init__(self, in_dim: int, hidden_dim: int):
         super().__init__()
-        self.in_dim, self.hidden = in_dim, hidden
-        self.lin = nn.Linear(in_dim, hidden)
+        self.in_dim, self.hidden_dim = in_dim, hidden_dim
+        self.lin = nn.Linear(in_dim, hidden_dim)
         self.reset_parameters()
 
     def reset_parameters(self):
@@ -132,7 +132,7 @@ class MLPBlock(nn.Module):
         return torch.tanh(self.lin(h))
 
     def __repr__(self) -> str:
-        return f'{self.__class__.__name__}({self.in_dim}, {self.hidden})'
+        return f'{self.__class__.__name__}({self.in_dim}, {self.hidden_dim})'
 
 
 class BGBlock(nn.Module):
@@ -149,7 +149,7 @@ class BGBlock(nn.Module):
     with each MLP = Linear(:math:`d_m \to d`) :math:`\to` ReLU
     :math:`\to` Linear(:math:`d \to d`).  The paper's :math:`W_t` of Eq. 22
     is read as :math:`\mathrm{diag}(\boldsymbol{\gamma})` ("channel-wise",
-    ALGORITHMS.md D11); ``mode='full'`` instead makes
+    docs/algorithms.md D11); ``mode='full'`` instead makes
     :math:`\mathrm{MLP}^{\gamma}` output a full :math:`d \times d` matrix
     :math:`W_t` and computes :math:`\mathbf{h}' = W_t \mathbf{h} +
     \boldsymbol{\beta}` (:math:`d^2` outputs: expensive).
@@ -161,7 +161,7 @@ class BGBlock(nn.Module):
 
     Args:
         in_dim (int): :math:`d_m`, the modality's feature size.
-        hidden (int): :math:`d`.
+        hidden_dim (int): :math:`d`.
         mode (str): ``'channel'`` or ``'full'``.  (default: ``'channel'``)
 
     Shapes:
@@ -170,17 +170,17 @@ class BGBlock(nn.Module):
         - **output:** :math:`(B, d)`
     """
 
-    def __init__(self, in_dim: int, hidden: int, mode: str = 'channel'):
+    def __init__(self, in_dim: int, hidden_dim: int, mode: str = 'channel'):
         super().__init__()
         if mode not in BG_MODES:
             raise ConfigError(f"unknown bg_mode {mode!r}; expected one of "
                               f"{BG_MODES}")
-        self.in_dim, self.hidden, self.mode = in_dim, hidden, mode
-        out_gamma = hidden if mode == 'channel' else hidden * hidden
-        self.mlp_gamma = nn.Sequential(nn.Linear(in_dim, hidden), nn.ReLU(),
-                                       nn.Linear(hidden, out_gamma))
-        self.mlp_beta = nn.Sequential(nn.Linear(in_dim, hidden), nn.ReLU(),
-                                      nn.Linear(hidden, hidden))
+        self.in_dim, self.hidden_dim, self.mode = in_dim, hidden_dim, mode
+        out_gamma = hidden_dim if mode == 'channel' else hidden_dim * hidden_dim
+        self.mlp_gamma = nn.Sequential(nn.Linear(in_dim, hidden_dim), nn.ReLU(),
+                                       nn.Linear(hidden_dim, out_gamma))
+        self.mlp_beta = nn.Sequential(nn.Linear(in_dim, hidden_dim), nn.ReLU(),
+                                      nn.Linear(hidden_dim, hidden_dim))
         self.reset_parameters()
 
     def reset_parameters(self):
@@ -194,17 +194,17 @@ class BGBlock(nn.Module):
             if self.mode == 'channel':
                 last_g.bias.fill_(1.0)
             else:
-                last_g.bias.copy_(torch.eye(self.hidden).flatten())
+                last_g.bias.copy_(torch.eye(self.hidden_dim).flatten())
 
     def forward(self, h: Tensor, e: Tensor) -> Tensor:
         gamma, beta = self.mlp_gamma(e), self.mlp_beta(e)
         if self.mode == 'channel':
             return gamma * h + beta
-        W = gamma.view(-1, self.hidden, self.hidden)
+        W = gamma.view(-1, self.hidden_dim, self.hidden_dim)
         return torch.bmm(W, h.unsqueeze(-1)).squeeze(-1) + beta
 
     def __repr__(self) -> str:
-        return (f'{self.__class__.__name__}({self.in_dim}, {self.hidden}, '
+        return (f'{self.__class__.__name__}({self.in_dim}, {self.hidden_dim}, '
                 f'mode={self.mode!r})')
 
 
@@ -213,7 +213,7 @@ Prefs = Union[Mapping[str, Tensor], Sequence[Tensor], None]
 
 class CNet(nn.Module):
     r"""LD4MRec's C-Net :math:`\hat{x}_\theta(x_t, \mathbf{t}_f,
-    \mathbf{c}_u, \{\mathbf{e}_{u,m}\})` (ALGORITHMS.md §4.5, D10).
+    \mathbf{c}_u, \{\mathbf{e}_{u,m}\})` (docs/algorithms.md §4.5, D10).
 
     .. math::
         \mathbf{h}^{(0)} &= W_{in} x_t + b_{in} \\
@@ -243,7 +243,7 @@ class CNet(nn.Module):
         modality_dims (dict): Ordered ``{name: d_m}``; the BG modulations
             of a block are applied in this order.  May be empty when
             ``use_bg=False``.
-        hidden (int): :math:`d`, also the size of :math:`\mathbf{t}_f`.
+        hidden_dim (int): :math:`d`, also the size of :math:`\mathbf{t}_f`.
             (default: ``256``)
         svd_dim (int): Size of :math:`\mathbf{c}_u`.  (default: ``64``)
         num_blocks (int): :math:`L`.  (default: ``2``)
@@ -265,12 +265,12 @@ class CNet(nn.Module):
     """
 
     def __init__(self, num_items: int, modality_dims: Mapping[str, int],
-                 hidden: int = 256, svd_dim: int = 64, num_blocks: int = 2,
+                 hidden_dim: int = 256, svd_dim: int = 64, num_blocks: int = 2,
                  use_bd: bool = True, use_bg: bool = True,
                  dropout: float = 0.0, time_concat: bool = True,
                  bg_mode: str = 'channel', negative_slope: float = 0.2):
         super().__init__()
-        for name, v in (('num_items', num_items), ('hidden', hidden),
+        for name, v in (('num_items', num_items), ('hidden_dim', hidden_dim),
                         ('svd_dim', svd_dim), ('num_blocks', num_blocks)):
             if isinstance(v, bool) or not isinstance(v, int) or v < 1:
                 raise ConfigError(f"CNet: {name} must be a positive integer, "
@@ -288,23 +288,23 @@ class CNet(nn.Module):
                               "for the 'w/o BG' variant")
         self.num_items = num_items
         self.modality_dims = modality_dims if use_bg else {}
-        self.hidden, self.svd_dim, self.num_blocks = hidden, svd_dim, \
+        self.hidden_dim, self.svd_dim, self.num_blocks = hidden_dim, svd_dim, \
             num_blocks
         self.use_bd, self.use_bg = use_bd, use_bg
         self.time_concat, self.bg_mode = time_concat, bg_mode
         self.negative_slope = negative_slope
         self.dropout = nn.Dropout(dropout)
 
-        self.lin_in = nn.Linear(num_items if use_bd else num_items + hidden,
-                                hidden)
+        self.lin_in = nn.Linear(num_items if use_bd else num_items + hidden_dim,
+                                hidden_dim)
         self.bd_blocks = nn.ModuleList(
-            BDBlock(hidden, svd_dim, hidden, time_concat) if use_bd else
-            MLPBlock(hidden, hidden) for _ in range(num_blocks))
+            BDBlock(hidden_dim, svd_dim, hidden_dim, time_concat) if use_bd else
+            MLPBlock(hidden_dim, hidden_dim) for _ in range(num_blocks))
         self.bg_blocks = nn.ModuleList(
-            nn.ModuleDict({m: BGBlock(d, hidden, bg_mode)
+            nn.ModuleDict({m: BGBlock(d, hidden_dim, bg_mode)
                            for m, d in self.modality_dims.items()})
             for _ in range(num_blocks)) if use_bg else None
-        self.lin_out = nn.Linear(hidden, num_items)
+        self.lin_out = nn.Linear(hidden_dim, num_items)
         self.reset_parameters()
 
     def reset_parameters(self):
@@ -363,6 +363,6 @@ class CNet(nn.Module):
     def __repr__(self) -> str:
         mods = ', '.join(f'{m}: {d}' for m, d in self.modality_dims.items())
         return (f'{self.__class__.__name__}({self.num_items}, '
-                f'modalities={{{mods}}}, hidden={self.hidden}, '
+                f'modalities={{{mods}}}, hidden_dim={self.hidden_dim}, '
                 f'svd_dim={self.svd_dim}, num_blocks={self.num_blocks}, '
                 f'use_bd={self.use_bd}, use_bg={self.use_bg})')
