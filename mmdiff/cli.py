@@ -45,7 +45,40 @@ def _positive_int(s: str) -> int:
     return v
 
 
+#: The ``synthetic:`` spec shown in ``mmdiff train --help``.
+SYNTHETIC_SPEC_HELP = ('synthetic:users=N,items=M[,seed=S,per_user=X,'
+                       'modalities=image:64+text:32]')
+
+
+def model_names() -> List[str]:
+    r"""The registered model names (:data:`mmdiff.nn.models.MODELS`, which
+    :func:`~mmdiff.nn.models.register_model` extends), in registration
+    order."""
+    from mmdiff.nn.models import MODELS
+    return list(MODELS)
+
+
+def dataset_choices() -> List[str]:
+    r"""The dataset names of :data:`mmdiff.data.datasets.DATASET_NAMES`,
+    with the ``synthetic:`` spec after ``synthetic``."""
+    from mmdiff.data.datasets import DATASET_NAMES
+    out = []
+    for name in DATASET_NAMES:
+        out.append(name)
+        if name == 'synthetic':
+            out.append(SYNTHETIC_SPEC_HELP)
+    return out
+
+
 def build_parser() -> argparse.ArgumentParser:
+    r"""The argument parser.  Lists of names in the help (models, datasets)
+    are read from their registries when the parser is built, so a model added
+    with :func:`~mmdiff.nn.models.register_model` before this call shows up
+    in ``mmdiff train --help``."""
+    from mmdiff.data.hetero import SPLITS
+    # argparse %-formats help strings
+    models = ' | '.join(model_names()).replace('%', '%%')
+    datasets = ' | '.join(dataset_choices()).replace('%', '%%')
     p = _Parser(
         prog='mmdiff',
         description='Multi-modal diffusion recommenders (DiffMM, LD4MRec) '
@@ -54,15 +87,13 @@ def build_parser() -> argparse.ArgumentParser:
 
     t = sub.add_parser('train', help='train and evaluate a model')
     t.add_argument('--model', default=None,
-                   help='mf | lightgcn | diffmm | ld4mrec (default: '
-                        'lightgcn; with --resume it must match the run)')
+                   help=f'{models} (default: {DEFAULT_MODEL}; with --resume '
+                        f'it must match the run)')
     t.add_argument('--dataset', default=None,
-                   help='synthetic | synthetic:users=N,items=M[,seed=S,'
-                        'per_user=X,modalities=image:64+text:32] | tiktok | '
-                        'baby | sports | PATH to a folder in the DiffMM or '
-                        'MMRec layout (default: synthetic; with --resume: '
-                        'the run\'s dataset, or this one if given, e.g. '
-                        'after moving the data)')
+                   help=f'{datasets} | PATH to a folder in the DiffMM or '
+                        f'MMRec layout (default: {DEFAULT_DATASET}; with '
+                        f'--resume: the run\'s dataset, or this one if '
+                        f'given, e.g. after moving the data)')
     t.add_argument('--root', default=None,
                    help='folder holding <dataset>/ for named datasets '
                         '(e.g. ../shared/data)')
@@ -93,7 +124,8 @@ def build_parser() -> argparse.ArgumentParser:
     e = sub.add_parser('evaluate', help='evaluate a saved run')
     e.add_argument('checkpoint', help='run folder or checkpoint file')
     e.add_argument('--root', default=None)
-    e.add_argument('--split', default='test', choices=['val', 'test'])
+    e.add_argument('--split', default='test',
+                   choices=[s for s in SPLITS if s != 'train'])
     e.add_argument('--device', default='auto')
     e.add_argument('--cpu-fallback', action='store_true',
                    help='use the CPU when CUDA is requested but missing')
@@ -110,13 +142,13 @@ def build_parser() -> argparse.ArgumentParser:
     d = sub.add_parser('data', help='dataset utilities')
     dsub = d.add_subparsers(dest='data_command', required=True)
     di = dsub.add_parser('info', help='describe a dataset')
-    di.add_argument('path', help='dataset name or folder')
+    di.add_argument('path', help=f'dataset name ({datasets}) or folder')
     di.add_argument('--root', default=None)
 
     m = sub.add_parser('demo', help='train every model on the synthetic '
                                     'data and print a metrics table')
     m.add_argument('--models', nargs='+', default=None,
-                   help='default: every registered model')
+                   help=f'any of {models} (default: all of them)')
     m.add_argument('--seed', type=_positive_int, default=0)
     m.add_argument('--device', default='auto')
     m.add_argument('--out', default=None)
@@ -162,18 +194,21 @@ def _fmt(v) -> str:
 
 
 def metrics_table(metrics: Dict[str, float], ks=(10, 20)) -> str:
+    r"""One row per split of every metric of
+    :data:`mmdiff.metrics.METRIC_NAMES` at the cut-offs ``ks`` that
+    ``metrics`` holds (``'test/recall@20'``...)."""
+    from mmdiff.metrics import METRIC_NAMES
+    names = [f'{m}@{k}' for k in ks for m in METRIC_NAMES]
     rows = []
     for split in ('val', 'test'):
         row = {'split': split}
-        for k in ks:
-            for m in ('recall', 'ndcg', 'precision'):
-                key = f'{split}/{m}@{k}'
-                if key in metrics:
-                    row[f'{m}@{k}'] = metrics[key]
+        for name in names:
+            key = f'{split}/{name}'
+            if key in metrics:
+                row[name] = metrics[key]
         if len(row) > 1:
             rows.append(row)
-    cols = ['split'] + [f'{m}@{k}' for k in ks
-                        for m in ('recall', 'ndcg', 'precision')]
+    cols = ['split'] + [c for c in names if any(c in r for r in rows)]
     return format_table(rows, cols)
 
 

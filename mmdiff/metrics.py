@@ -26,7 +26,12 @@ from torch import Tensor
 
 from mmdiff.errors import ConfigError, DataError
 
-METRICS = ('recall', 'ndcg', 'precision', 'hit')
+#: The metric names, each reported at every cut-off as ``f'{name}@{k}'``
+#: by :func:`full_ranking_metrics` (the one list: the trainer, the CLI and
+#: the benchmarks read it from here).
+METRIC_NAMES = ('recall', 'ndcg', 'precision', 'hit')
+#: Former name of :data:`METRIC_NAMES`.
+METRICS = METRIC_NAMES
 
 
 def check_ks(ks: Sequence[int], num_items: int) -> list:
@@ -90,12 +95,12 @@ def metrics_from_hits(hits: Tensor, num_targets: Tensor,
     for k in ks:
         h = hits[:, :k]
         nh = h.sum(1)
-        out[f'recall@{k}'] = nh / n
-        out[f'precision@{k}'] = nh / k
-        out[f'hit@{k}'] = (nh > 0).float()
         dcg = (h * disc[:k]).sum(1)
         idcg = cum_disc[(num_targets.clamp(min=1, max=k) - 1).long()]
-        out[f'ndcg@{k}'] = dcg / idcg
+        values = {'recall': nh / n, 'ndcg': dcg / idcg, 'precision': nh / k,
+                  'hit': (nh > 0).float()}
+        for name in METRIC_NAMES:  # a new name must be computed above
+            out[f'{name}@{k}'] = values[name]
     return out
 
 
@@ -141,7 +146,7 @@ def full_ranking_metrics(
     if train is not None:
         r_crow, r_col = _csr_parts(train, num_users, num_items)
     max_k = max(ks)
-    sums = {f'{m}@{k}': 0.0 for k in ks for m in METRICS}
+    sums = {f'{m}@{k}': 0.0 for k in ks for m in METRIC_NAMES}
     for start in range(0, users.numel(), chunk_size):
         b = users[start:start + chunk_size]
         scores = score_fn(b.to(device)).float()

@@ -1,5 +1,27 @@
+r"""Shared fixtures, and two session-wide rules:
+
+* **An isolated dataset cache.**  ``MMDIFF_CACHE_DIR`` (the default
+  ``cache_dir`` of :mod:`mmdiff.data.datasets`) points to a temporary folder
+  for the whole session, in ``os.environ`` so that subprocesses (``mmdiff``
+  command lines) inherit it; it is removed at the end.  A test that takes a
+  fixture named ``cache_home`` checks the *default* placement of the cache
+  (``root/processed`` or ``$XDG_CACHE_HOME``), so the variable is unset for it;
+  for such tests the read-only folder below counts as read-only whatever its
+  permission bits say.
+* **The shared data stay untouched.**  :data:`READ_ONLY_DIR` (``../shared/
+  data``, or ``$MMDIFF_TEST_READONLY_DIR``) is listed (paths, sizes, modes,
+  modification and change times) when the session starts; after every test the
+  listing is compared again and a test that created, removed or modified
+  anything there errors at teardown, naming the paths.  The whole session is
+  compared once more at its end, and the run fails if anything changed.
+"""
+import os
+import shutil
+import stat
+import tempfile
 import warnings
 from pathlib import Path
+from typing import Dict, List, Tuple
 
 import numpy as np
 import pytest
@@ -11,6 +33,143 @@ warnings.filterwarnings('ignore', message='.*Sparse CSR tensor support.*')
 
 #: the shared real datasets live beside the repository (../shared/data)
 SHARED_DATA = Path(__file__).resolve().parents[1].parent / 'shared' / 'data'
+
+#: the folder no test may write into (``$MMDIFF_TEST_READONLY_DIR`` replaces
+#: it, e.g. to check the guard itself on a scratch folder)
+READ_ONLY_DIR = Path(os.environ.get('MMDIFF_TEST_READONLY_DIR')
+                     or SHARED_DATA).absolute()
+
+CACHE_ENV = 'MMDIFF_CACHE_DIR'
+
+Listing = Dict[str, Tuple[str, int, int, int, int]]
+
+
+def listing(folder: Path) -> Listing:
+    r"""``{relative path: (kind, size, mode, mtime_ns, ctime_ns)}`` of
+    ``folder`` and everything below it (symbolic links are not followed;
+    ``{}`` if the folder does not exist).  A directory's modification time
+    changes when an entry is created or removed in it, even if it is removed
+    again."""
+    out: Listing = {}
+    if not os.path.lexists(folder):
+        return out
+    for dirpath, dirnames, filenames in os.walk(folder):
+        for name in [''] + dirnames + filenames:
+            path = os.path.join(dirpath, name) if name else dirpath
+            try:
+                st = os.stat(path, follow_symlinks=False)
+            except FileNotFoundError:  # removed while we walk
+                continue
+            kind = ('dir' if stat.S_ISDIR(st.st_mode) else
+                    'link' if stat.S_ISLNK(st.st_mode) else 'file')
+            out[os.path.relpath(path, folder)] = (
+                kind, int(st.st_size), int(st.st_mode), int(st.st_mtime_ns),
+                int(st.st_ctime_ns))
+    return out
+
+
+def listing_changes(before: Listing, after: Listing) -> List[str]:
+    r"""Human-readable differences between two :func:`listing` results."""
+    out = [f'created {p}' for p in sorted(after.keys() - before.keys())]
+    out += [f'removed {p}' for p in sorted(before.keys() - after.keys())]
+    out += [f'modified {p}' for p in sorted(before.keys() & after.keys())
+            if before[p] != after[p]]
+    return out
+
+
+class _ReadOnlyGuard:
+    def __init__(self, folder: Path) -> None:
+        self.folder = folder
+        self.start = self.last = listing(folder)
+
+    def changes_since_last(self) -> List[str]:
+        now = listing(self.folder)
+        changes = listing_changes(self.last, now)
+        self.last = now  # report a write once, at the test that made it
+        return changes
+
+    def changes_since_start(self) -> List[str]:
+        return listing_changes(self.start, listing(self.folder))
+
+
+_GUARD: Dict[str, object] = {}
+
+
+def pytest_configure(config):
+    _GUARD['saved_env'] = os.environ.get(CACHE_ENV)
+    cache = tempfile.mkdtemp(prefix='mmdiff-test-cache-')
+    _GUARD['cache'] = cache
+    os.environ[CACHE_ENV] = cache
+    _GUARD['guard'] = _ReadOnlyGuard(READ_ONLY_DIR)
+
+
+@pytest.hookimpl(tryfirst=True)
+def pytest_sessionfinish(session, exitstatus):
+    guard = _GUARD.get('guard')
+    if guard is None:
+        return
+    changes = guard.changes_since_start()
+    if changes:
+        lines = [f'the test session changed {guard.folder}, which must stay '
+                 f'read-only:'] + [f'  {c}' for c in changes[:50]]
+        reporter = session.config.pluginmanager.get_plugin('terminalreporter')
+        if reporter is not None:
+            reporter.write_sep('=', 'read-only data modified', red=True)
+            for line in lines:
+                reporter.write_line(line, red=True)
+        else:
+            print('\n'.join(lines))
+        session.exitstatus = pytest.ExitCode.TESTS_FAILED
+
+
+def pytest_unconfigure(config):
+    cache = _GUARD.pop('cache', None)
+    if cache is not None:
+        saved = _GUARD.pop('saved_env', None)
+        if saved is None:
+            os.environ.pop(CACHE_ENV, None)
+        else:
+            os.environ[CACHE_ENV] = saved
+        shutil.rmtree(cache, ignore_errors=True)
+    _GUARD.pop('guard', None)
+
+
+def _inside(path, folder: Path) -> bool:
+    try:
+        return Path(path).absolute().is_relative_to(folder)
+    except (TypeError, ValueError):
+        return False
+
+
+@pytest.fixture(autouse=True)
+def _read_only_data_guard(request):
+    r"""Errors at teardown if the test wrote into :data:`READ_ONLY_DIR`."""
+    yield
+    guard = _GUARD.get('guard')
+    if guard is None:
+        return
+    changes = guard.changes_since_last()
+    if changes:
+        pytest.fail(f"{request.node.nodeid} wrote into {guard.folder}, "
+                    f"which tests must leave untouched (the dataset cache "
+                    f"belongs in ${CACHE_ENV}): " + '; '.join(changes[:10]),
+                    pytrace=False)
+
+
+@pytest.fixture(autouse=True)
+def _dataset_cache_env(request, monkeypatch):
+    r"""Unsets ``MMDIFF_CACHE_DIR`` for tests that take ``cache_home`` (they
+    check the default cache placement) and keeps :data:`READ_ONLY_DIR`
+    read-only for them whatever its permission bits."""
+    if 'cache_home' in request.fixturenames:
+        from mmdiff.data import datasets
+        monkeypatch.delenv(CACHE_ENV, raising=False)
+        is_writable = datasets._is_writable
+
+        def guarded(folder):
+            return not _inside(folder, READ_ONLY_DIR) and is_writable(folder)
+        monkeypatch.setattr(datasets, '_is_writable', guarded)
+    yield
 
 
 def tiny_data(num_users=40, num_items=30, per_user=6, modalities=None,

@@ -28,7 +28,7 @@ import torch
 from torch import Tensor
 from torch_geometric.data import HeteroData
 
-from mmdiff.errors import DataError
+from mmdiff.errors import ConfigError, DataError
 
 EDGE_TYPE = ('user', 'interacts', 'item')
 SPLITS = ('train', 'val', 'test')
@@ -196,15 +196,34 @@ def make_interaction_data(
     return data
 
 
-def add_modality(data: HeteroData, name: str, features: ArrayLike) -> None:
+def add_modality(data: HeteroData, name: str, features: ArrayLike, *,
+                 replace: bool = False) -> None:
     r"""Validates ``features`` (``[I, dim]``) and stores them as the item
-    modality ``name``."""
+    modality ``name``.
+
+    An existing modality (or other item attribute) of that name is replaced
+    only with ``replace=True``; otherwise :class:`~mmdiff.errors.ConfigError`
+    names the modality and both widths."""
     if not isinstance(name, str) or not name.isidentifier():
         raise DataError(f"modality name must be a Python identifier, got "
                         f"{name!r}")
     if name in ('num_nodes', 'x_label'):
         raise DataError(f"'{name}' is reserved and cannot name a modality")
-    data['item'][name] = validate_features(features, num_items(data), name)
+    x = validate_features(features, num_items(data), name)
+    if not replace and name in data['item']:
+        old = data['item'][name]
+        if name in modality_names(data):
+            raise ConfigError(
+                f"modality '{name}' already exists with width "
+                f"{old.size(1)}; the new features have width {x.size(1)}. "
+                f"Pass replace=True to replace it")
+        what = (f"tensor of shape {tuple(old.shape)}"
+                if isinstance(old, Tensor) else type(old).__name__)
+        raise ConfigError(
+            f"the item store already holds an attribute '{name}' ({what}), "
+            f"not a modality; the new features have width {x.size(1)}. "
+            f"Pass replace=True to replace it")
+    data['item'][name] = x
 
 
 def num_users(data: HeteroData) -> int:

@@ -72,8 +72,8 @@ def check_edge_index(edge_index: Tensor, num_src: int, num_dst: int,
             top = int(edge_index[k].max())
             if top >= n:
                 raise DataError(
-                    f"{name} id {top} in row {k} of edge_index is out of "
-                    f"range for {n} {name}s (expected row 0 = {src} ids, "
+                    f"{name} id {top} is out of range for {n} {name}s "
+                    f"(edge_index row {k}; expected row 0 = {src} ids, "
                     f"row 1 = {dst} ids)")
 
 

@@ -16,6 +16,7 @@ import io
 import json
 import math
 import time
+import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Dict, List, Optional, Sequence
@@ -31,6 +32,7 @@ from mmdiff.data.hetero import (
     num_users,
 )
 from mmdiff.data.samplers import TripletSampler, UserRowSampler
+from mmdiff.checks import check_int
 from mmdiff.errors import CheckpointError, ConfigError, TrainingError
 from mmdiff.metrics import check_ks, full_ranking_metrics
 from mmdiff.nn.models.base import Recommender
@@ -77,14 +79,6 @@ class FitResult:
         for k, v in self.phase_seconds.items():
             out[f'seconds_per_epoch/{k}'] = v
         return out
-
-
-def _check_int(name: str, value, minimum: int) -> int:
-    if isinstance(value, bool) or not isinstance(value, int):
-        raise ConfigError(f"{name} must be an integer, got {value!r}")
-    if value < minimum:
-        raise ConfigError(f"{name} must be >= {minimum}, got {value}")
-    return value
 
 
 class Trainer:
@@ -141,11 +135,11 @@ class Trainer:
         config: Optional[Dict[str, Any]] = None,
         max_grad_norm: Optional[float] = None,
     ):
-        self.epochs = _check_int('epochs', epochs, 0)
-        self.batch_size = _check_int('batch_size', batch_size, 1)
-        self.eval_every = _check_int('eval_every', eval_every, 1)
-        self.patience = _check_int('patience', patience, 0)
-        self.eval_chunk = _check_int('eval_chunk', eval_chunk, 1)
+        self.epochs = check_int('epochs', epochs, 0)
+        self.batch_size = check_int('batch_size', batch_size, 1)
+        self.eval_every = check_int('eval_every', eval_every, 1)
+        self.patience = check_int('patience', patience, 0)
+        self.eval_chunk = check_int('eval_chunk', eval_chunk, 1)
         self.ks = check_ks(ks, num_items(data))
         computed = {f'{m}@{k}' for m in ('recall', 'ndcg', 'precision',
                                          'hit') for k in self.ks}
@@ -179,7 +173,41 @@ class Trainer:
                              weight_decay=p.weight_decay)
             for p in self.phases
         ]
+        self._phase_params = self._parameter_ids(self.phases)
+        covered = set().union(*self._phase_params) if self._phase_params \
+            else set()
+        idle = [n for n, p in model.named_parameters()
+                if p.requires_grad and id(p) not in covered]
+        if idle:
+            warnings.warn(f"{len(idle)} trainable parameter(s) of "
+                          f"{type(model).__name__} belong to no training "
+                          f"phase and will never be updated: "
+                          f"{', '.join(idle[:5])}"
+                          + (' ...' if len(idle) > 5 else ''), UserWarning)
         self._csr = None
+
+    @staticmethod
+    def _parameter_ids(phases) -> List[set]:
+        return [{id(p) for p in phase.parameters} for phase in phases]
+
+    def _check_phases(self) -> None:
+        r"""Raises :class:`~mmdiff.errors.TrainingError` if the model's
+        phases no longer name the parameters the optimisers were built for
+        (e.g. a denoiser replaced after the trainer was built, whose new
+        parameters would otherwise never be updated)."""
+        current = self.model.phases()
+        now = self._parameter_ids(current)
+        if [p.name for p in current] != [p.name for p in self.phases] or \
+                now != self._phase_params:
+            changed = [p.name for p, a, b in zip(current, now,
+                                                 self._phase_params)
+                       if a != b] or [p.name for p in current]
+            raise TrainingError(
+                f"the parameters of phase(s) {', '.join(changed)} changed "
+                f"after the Trainer was built (a module of the model was "
+                f"replaced?); its optimisers would never update the new "
+                f"parameters.  Build the Trainer after the model is "
+                f"complete.")
 
     # ------------------------------------------------------------------
     def _sampler(self, phase):
@@ -298,6 +326,7 @@ class Trainer:
         for epoch in bar:
             if stop:
                 break
+            self._check_phases()
             t_epoch = time.perf_counter()
             model.train()
             model.on_epoch_start(epoch)

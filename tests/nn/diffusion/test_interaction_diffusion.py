@@ -5,7 +5,8 @@ from mmdiff.data.hetero import edges_to_csr
 from mmdiff.data.samplers import UserRowSampler
 from mmdiff.errors import ConfigError
 from mmdiff.nn.diffusion import GaussianDiffusion
-from mmdiff.nn.interaction_diffusion import (
+from mmdiff.nn.diffusion._fused import fused_denoise
+from mmdiff.nn.diffusion.interaction import (
     InteractionDiffusion,
     generate_topk_edges,
     regenerate_graph,
@@ -88,13 +89,14 @@ def test_fused_reverse_equals_plain_loop(dims, sampling_steps):
     fused = diff.denoise(x0)
     torch.manual_seed(5)
     fused_sparse = diff.denoise(x0.to_sparse_csr())
-    diff.fused_reverse = False
+    diff._allow_fused = False
     torch.manual_seed(5)
     plain = diff.denoise(x0)
-    # Reference: GaussianDiffusion.reverse with the denoiser, no dropout.
+    # Reference: GaussianDiffusion.reverse with the denoiser in eval mode.
     torch.manual_seed(5)
-    ref = diff.diffusion.reverse(
-        lambda x, t: diff.denoiser(x, t, dropout=False), x0, sampling_steps)
+    diff.denoiser.eval()
+    ref = diff.diffusion.reverse(diff.denoiser, x0, sampling_steps)
+    diff.denoiser.train()
     torch.testing.assert_close(plain, ref)
     torch.testing.assert_close(fused, ref, rtol=1e-5, atol=1e-5)
     torch.testing.assert_close(fused_sparse, ref, rtol=1e-5, atol=1e-5)
@@ -110,7 +112,7 @@ def test_fused_cache_follows_weight_updates():
     opt.step()
     after = diff.denoise(x0)
     assert not torch.allclose(before, after)
-    diff.fused_reverse = False
+    diff._allow_fused = False
     torch.testing.assert_close(after, diff.denoise(x0), rtol=1e-5,
                                atol=1e-5)
 
@@ -235,7 +237,7 @@ def test_fused_loss_equals_materialised_loss(dims):
     feat, emb = torch.randn(I, 5), torch.randn(I, 5)
     results = []
     for fused in (True, False):
-        diff.fused_loss = fused
+        diff._allow_fused = fused
         diff.zero_grad()
         torch.manual_seed(11)
         out = diff.loss(x0, feature_proj=feat, item_emb=emb, msi_weight=0.3)
@@ -270,7 +272,7 @@ def test_denoise_topk_bf16_rescores_candidates_in_float32():
     n_items = 64
     diff = InteractionDiffusion.diffmm(n_items, hidden_dims=[8],
                                        dropout=0.0)
-    last = diff.denoiser.last_layer
+    last = diff.denoiser.output_layer
     with torch.no_grad():
         base = torch.randn(1, last.weight.size(1))
         last.weight.copy_(base + 1e-4 * torch.randn_like(last.weight))
@@ -280,7 +282,7 @@ def test_denoise_topk_bf16_rescores_candidates_in_float32():
     vals, items = diff.denoise_topk(x0, 2, refine=n_items)
     # exact float32 output layer on the bf16 hidden state
     with torch.autocast('cpu', dtype=torch.bfloat16):
-        h = diff._fused_denoise(x0, return_hidden=True)
+        h = fused_denoise(diff, x0, return_hidden=True)
     c1 = float(diff.diffusion.posterior_mean_coef1[0])
     exact = (h.float() @ last.weight.t() + last.bias) * c1
     ref = exact.topk(2, dim=1)
@@ -297,7 +299,7 @@ def test_denoise_topk_bf16_rescores_candidates_in_float32():
 @pytest.mark.parametrize('fused', [True, False])
 def test_importance_sampling_weights_and_history(fused):
     diff = make((16,), dropout=0.0, importance_sampling=True)
-    diff.fused_loss = fused
+    diff._allow_fused = fused
     sampler = diff.step_sampler
     d = diff.diffusion
     x0 = (torch.rand(64, I) < 0.3).float()

@@ -19,14 +19,14 @@ def test_registry_and_preset():
     assert get_model_class('diffrec') is DiffRec
     cfg = preset('diffrec', 'baby')
     # the official amazon-book_clean command line
-    assert (cfg['lr'], cfg['dims'], cfg['steps'], cfg['noise_scale'],
+    assert (cfg['lr'], cfg['hidden_dims'], cfg['steps'], cfg['noise_scale'],
             cfg['noise_min'], cfg['noise_max']) == (5e-5, [1000], 5, 1e-4,
                                                     5e-4, 5e-3)
 
 
 def test_schedule_and_scoring_from_clean_rows(data):
     torch.manual_seed(0)
-    model = DiffRec.from_data(data, dims=[16], emb_size=4)
+    model = DiffRec.from_data(data, hidden_dims=[16], time_dim=4)
     d = model.diffusion.diffusion
     assert float(d.betas[0]) == pytest.approx(1e-5)
     # betas from the linear variances, then beta_0 fixed to 1e-5 (DiffRec)
@@ -56,7 +56,7 @@ def test_bad_hparams(data):
 
 def test_fit_learns_and_round_trips(data, tmp_path):
     torch.manual_seed(0)
-    model = DiffRec.from_data(data, dims=[32], emb_size=4, lr=3e-3)
+    model = DiffRec.from_data(data, hidden_dims=[32], time_dim=4, lr=3e-3)
     res = Trainer(model, data, epochs=12, batch_size=20, patience=0,
                   seed=0).fit()
     elbo = [r['diffusion/elbo'] for r in res.history]
@@ -65,7 +65,7 @@ def test_fit_learns_and_round_trips(data, tmp_path):
     assert all(np.isfinite(v) for v in res.test_metrics.values())
     path = tmp_path / 'm.pt'
     torch.save(model.state_dict(), path)
-    other = DiffRec.from_data(data, dims=[32], emb_size=4)
+    other = DiffRec.from_data(data, hidden_dims=[32], time_dim=4)
     other.load_state_dict(torch.load(path, weights_only=True))
     model.eval(), other.eval()
     users = torch.arange(10)

@@ -18,7 +18,7 @@ from mmdiff.data.datasets import (
 from mmdiff.data.hetero import edge_index_of, modality_names, summary
 from mmdiff.errors import ConfigError, DataError, MissingFileError
 
-DATA = Path(__file__).resolve().parents[1].parent / 'shared' / 'data'
+DATA = Path(__file__).resolve().parents[2].parent / 'shared' / 'data'
 
 
 def _write_raw(folder, seed=0, feats=True):

@@ -3,12 +3,15 @@ import torch
 import torch.nn.functional as F
 from torch_geometric import EdgeIndex
 
-from mmdiff.graph import dropout_normalized_edges, normalized_edges
-from mmdiff.nn.conv.multimodal_aggregation import (
+from mmdiff.graph import (
     LAYOUTS,
+    dropout_normalized_edges,
+    normalized_edges,
+    to_adj,
+)
+from mmdiff.nn.conv.multimodal_aggregation import (
     MultiModalAggregation,
     NormalizedPropagation,
-    matrix_to_adj,
 )
 
 U, I, D = 9, 7, 4
@@ -22,13 +25,14 @@ def random_edges(seed, n=20):
 
 
 def graph_entries(seed, keep_rate=1.0):
-    """(row, col) entries and values of a normalised (optionally dropped,
-    hence asymmetric) propagation matrix, plus its dense form."""
+    """(source, target) edges and weights of a normalised (optionally
+    dropped, hence asymmetric) propagation graph, plus its dense matrix G
+    (out = G @ x, G[target, source] = w)."""
     ei, w = normalized_edges(random_edges(seed), U, I, add_self_loops=True)
     ei, w = dropout_normalized_edges(ei, w, keep_rate,
                                      torch.Generator().manual_seed(seed))
     dense = torch.zeros(N, N)
-    dense[ei[0], ei[1]] = w
+    dense[ei[1], ei[0]] = w
     return ei, w, dense
 
 
@@ -42,7 +46,7 @@ def test_normalized_propagation_equals_dense_product(layout):
     assert not torch.allclose(dense, dense.t())      # direction matters
     conv = NormalizedPropagation()
     x = torch.randn(N, 3, requires_grad=True)
-    out = conv(x, *as_args(matrix_to_adj(ei, w, N, layout)))
+    out = conv(x, *as_args(to_adj(ei, w, N, layout)))
     torch.testing.assert_close(out, dense @ x)
     g = torch.randn(N, 3)
     (grad,) = torch.autograd.grad(out, x, g)
@@ -51,16 +55,16 @@ def test_normalized_propagation_equals_dense_product(layout):
 
 def test_edge_index_obj_layout_is_fused_and_cached():
     ei, w, _ = graph_entries(2, keep_rate=0.7)
-    adj, weight = matrix_to_adj(ei, w, N, 'edge_index_obj')
+    adj, weight = to_adj(ei, w, N, 'edge_index_obj')
     assert isinstance(adj, EdgeIndex) and adj.is_sorted_by_col
     assert NormalizedPropagation.SUPPORTS_FUSED_EDGE_INDEX
     with pytest.raises(ValueError):
-        matrix_to_adj(ei, w, N, 'dense')
+        to_adj(ei, w, N, 'dense')
 
 
 def reference(eu, ei, feats, g, gms, w, L, ris, ris_adj):
     """The official forward_MM / forward_cl_MM, one modality at a time,
-    with dense matrices (ALGORITHMS.md §2.4)."""
+    with dense matrices (docs/algorithms.md §2.4)."""
     zs, views = [], []
     for m, f in enumerate(feats):
         h = g @ torch.cat([eu, f])
@@ -106,8 +110,8 @@ def test_forward_matches_official_formula(M, L, with_graphs):
     layer = MultiModalAggregation(U, num_layers=L, ris_lambda=0.5,
                                   ris_adj_lambda=0.2)
     for layout in LAYOUTS:
-        graph = matrix_to_adj(main_ei, main_w, N, layout)
-        mgraphs = [matrix_to_adj(a, b, N, layout) for a, b, _ in gm] \
+        graph = to_adj(main_ei, main_w, N, layout)
+        mgraphs = [to_adj(a, b, N, layout) for a, b, _ in gm] \
             if with_graphs else None
         out_u, out_i = layer(eu, ei, feats, graph, mgraphs, w)
         torch.testing.assert_close(torch.cat([out_u, out_i]), ref_e)
@@ -142,8 +146,8 @@ def test_gradients_match_official_formula(layout):
     eu, ei, feats, w = inputs(M, requires_grad=True)
     layer = MultiModalAggregation(U, num_layers=L)
     out_u, out_i, vs = layer(
-        eu, ei, feats, matrix_to_adj(main_ei, main_w, N, layout),
-        [matrix_to_adj(a, b, N, layout) for a, b, _ in gm], w,
+        eu, ei, feats, to_adj(main_ei, main_w, N, layout),
+        [to_adj(a, b, N, layout) for a, b, _ in gm], w,
         return_views=True)
     got = torch.autograd.grad(
         objective(torch.cat([out_u, out_i]),
@@ -157,8 +161,8 @@ def test_dict_inputs_and_default_weights():
     main_ei, main_w, main = graph_entries(4)
     gm = [graph_entries(40 + m) for m in range(2)]
     layer = MultiModalAggregation(U)
-    graph = matrix_to_adj(main_ei, main_w, N, 'csr')
-    mg = [matrix_to_adj(a, b, N, 'csr') for a, b, _ in gm]
+    graph = to_adj(main_ei, main_w, N, 'csr')
+    mg = [to_adj(a, b, N, 'csr') for a, b, _ in gm]
     a = layer(eu, ei, {'image': feats[0], 'text': feats[1]}, graph,
               {'image': mg[0], 'text': mg[1]})
     b = layer(eu, ei, feats, graph, mg, torch.tensor([0.5, 0.5]))

@@ -7,13 +7,13 @@ import torch
 from mmdiff.data.hetero import make_interaction_data
 from mmdiff.errors import ConfigError
 from mmdiff.graph.adjacency import bipartite_normalized
-from mmdiff.nn.cnet import MLPBlock
+from mmdiff.nn.denoisers.cnet import MLPBlock
 from mmdiff.nn.diffusion import timestep_embedding
 from mmdiff.nn.models.base import UserBatch
 from mmdiff.nn.models.ld4mrec import LD4MRec, soft_reconstruct
 
 U, I = 60, 40
-SMALL = dict(hidden=16, svd_dim=4, batch_size=16)
+SMALL = dict(hidden_dim=16, svd_dim=4, batch_size=16)
 
 
 def make_data(modalities=None, seed=0, U=U, I=I):
@@ -74,7 +74,7 @@ def _manual_loss(model, users, seed, weighting):
     x0 = soft_reconstruct(x_in, model.smooth_prob, model.smooth_gamma)
     t = torch.randint(model.diffusion.steps, (users.numel(),))
     x_t = model.diffusion.q_sample(x0, t)
-    t_f = timestep_embedding(t + 1, model.hidden, interleaved=True) + \
+    t_f = timestep_embedding(t + 1, model.hidden_dim, interleaved=True) + \
         model.input_time[users]
     x_hat = model.cnet(x_t, t_f, model.cf_signal[users],
                        model.preferences(users))
@@ -291,7 +291,7 @@ def test_phase_and_repr(data):
 def test_fit_reduces_loss_and_gives_finite_metrics(data):
     from mmdiff.train import Trainer
     torch.manual_seed(0)
-    model = LD4MRec.from_data(data, hidden=32, svd_dim=8, lr=3e-3,
+    model = LD4MRec.from_data(data, hidden_dim=32, svd_dim=8, lr=3e-3,
                               batch_size=20)
     res = Trainer(model, data, epochs=8, batch_size=20, patience=0,
                   seed=0).fit()

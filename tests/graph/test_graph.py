@@ -86,7 +86,7 @@ def test_bipartite_normalized():
 
 
 def test_out_of_range_edges_raise():
-    with pytest.raises(DataError, match='item id 9 out of range'):
+    with pytest.raises(DataError, match='item id 9 is out of range'):
         normalized_edges(torch.tensor([[0], [9]]), 2, 3)
     with pytest.raises(DataError, match='shape'):
         normalized_edges(torch.zeros(3, 2, dtype=torch.long), 2, 3)

@@ -25,7 +25,7 @@ from mmdiff.nn.models import MF, MODELS, register_model
 from mmdiff.train import Trainer
 from mmdiff.train.checkpoint import atomic_save, load_checkpoint
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 EPOCHS = 30
 ARGS = ['train', '--model', 'lightgcn', '--dataset',
         'synthetic:users=300,items=200', '--epochs', str(EPOCHS),

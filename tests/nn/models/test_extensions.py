@@ -8,7 +8,7 @@ import torch_geometric.typing as pyg_typing
 
 from mmdiff.graph import normalized_edges
 from mmdiff.nn.conv import ModalityPreference, NormalizedPropagation
-from mmdiff.nn.conv.multimodal_aggregation import matrix_to_adj
+from mmdiff.graph import to_adj
 
 
 def graph(U=9, I=7, E=25, seed=0):
@@ -66,7 +66,7 @@ def test_layers_work_without_extensions(disable_extensions, layout):
     ei, w, A = reference(ui, U, I)
     N = U + I
     x = torch.randn(N, 4, requires_grad=True)
-    g = matrix_to_adj(ei, w, N, layout)
+    g = to_adj(ei, w, N, layout)
     conv = NormalizedPropagation()
     out = conv(x, *g) if isinstance(g, tuple) else conv(x, g)
     assert torch.allclose(out, A @ x, atol=1e-5)

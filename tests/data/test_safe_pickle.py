@@ -10,7 +10,7 @@ import scipy.sparse as sp
 from mmdiff.data.safe_pickle import safe_load_npy, safe_load_pickle
 from mmdiff.errors import DataError, MissingFileError, UnsafeFileError
 
-DATA = Path(__file__).resolve().parents[1].parent / 'shared' / 'data'
+DATA = Path(__file__).resolve().parents[2].parent / 'shared' / 'data'
 
 
 class _SystemPayload:

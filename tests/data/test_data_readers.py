@@ -24,7 +24,7 @@ from mmdiff.errors import (
     UnsafeFileError,
 )
 
-DATA = Path(__file__).resolve().parents[1].parent / 'shared' / 'data'
+DATA = Path(__file__).resolve().parents[2].parent / 'shared' / 'data'
 
 TRAIN = [(0, 0), (0, 1), (1, 2), (2, 3)]
 VAL = [(0, 2)]

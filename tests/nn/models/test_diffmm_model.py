@@ -12,7 +12,7 @@ from mmdiff.nn.models.diffmm import DiffMM
 
 U, I = 24, 18
 DIMS = {'image': 12, 'text': 20, 'audio': 6}
-SMALL = dict(latdim=8, dims=[16], batch=16)
+SMALL = dict(embedding_dim=8, hidden_dims=[16], batch_size=16)
 
 
 def synthetic(modalities=('image', 'text', 'audio'), seed=0):
@@ -42,9 +42,10 @@ def user_batch(model, users=None):
 
 
 def dense(entries):
+    """The matrix G (out = G @ x) of a source-to-target graph."""
     ei, w = entries
     out = torch.zeros(U + I, U + I)
-    out[ei[0], ei[1]] = w
+    out[ei[1], ei[0]] = w
     return out
 
 
@@ -59,7 +60,7 @@ def official_contrast(p, q, nodes, temp):
 def official_bpr_loss(model, batch):
     """The official Main.py / Model.py computation with dense matrices."""
     g = dense((model.main_index, model.main_weight))
-    gms = [dense(x) for x in model._graphs]
+    gms = [dense(x) for x in model.graphs.train]
     eu, ei = model.user_emb, model.item_emb
     w = torch.softmax(model.modal_weight, 0)
     feats = [F.normalize(f) for f in model.transformed_features()]
@@ -71,19 +72,19 @@ def official_bpr_loss(model, batch):
         zs = zs + w[m] * h
         v = gms[m] @ torch.cat([eu, f])
         lst = [v]
-        for _ in range(model.gnn_layer):
+        for _ in range(model.num_layers):
             lst.append(g @ lst[-1])
         views.append(sum(lst))
     lst = [zs]
-    for _ in range(model.gnn_layer):
+    for _ in range(model.num_layers):
         lst.append(g @ lst[-1])
     e = sum(lst) + model.ris_lambda * F.normalize(zs)
     usr, itm = e[:U], e[U:]
     anc, pos, neg = usr[batch.users], itm[batch.pos], itm[batch.neg]
     diff = (anc * pos).sum(-1) - (anc * neg).sum(-1)
-    bpr = -diff.sigmoid().log().sum() / model.batch
+    bpr = -diff.sigmoid().log().sum() / model.batch_size
     reg = model.reg * (eu.norm(2).square() + ei.norm(2).square())
-    t, r = model.temp, model.ssl_reg
+    t, r = model.temperature, model.ssl_reg
     cl = torch.zeros(())
     if model.cl_method == 0:
         for a in range(len(views)):
@@ -141,7 +142,7 @@ def test_hparams_and_modalities():
         ['proj', 'linear', 'linear']
     assert DiffMM.from_data(data, trans={'audio': 'linear'},
                             **SMALL).trans == ['proj', 'proj', 'linear']
-    assert DiffMM.from_data(data, dims='[16]', latdim=8).dims == [16]
+    assert DiffMM.from_data(data, hidden_dims='[16]').hidden_dims == [16]
     assert DiffMM.name == 'diffmm' and DiffMM.requires_modalities
     assert repr(m).startswith('DiffMM(24, 18, modalities=[text:20, '
                               'image:12]')
@@ -188,19 +189,19 @@ def test_regeneration_edge_counts_and_dropout():
     m = DiffMM.from_data(synthetic(), rebuild_k=2, keep_rate=1.0, **SMALL)
     stats = m.regenerate_graphs()
     assert 0.0 <= stats['regen_observed'] <= 1.0
-    for ei, w in m._graphs:
+    for ei, w in m.graphs.train:
         assert ei.size(1) == 2 * U * 2 + U + I
         assert torch.equal(torch.bincount(ei[0][ei[1] >= U],
                                           minlength=U + I)[:U],
                            torch.full((U,), 2))
     m = DiffMM.from_data(synthetic(), keep_rate=0.5, **SMALL)
     m.regenerate_graphs()
-    for ei, w in m._graphs:
+    for ei, w in m.graphs.train:
         assert ei.size(1) < 2 * U + U + I
     m = DiffMM.from_data(synthetic(), keep_rate=0.5,
                          eval_uses_dropped_graph=False, **SMALL)
     m.regenerate_graphs()
-    assert all(e.size(1) == 2 * U + U + I for e, _ in m._eval_graphs)
+    assert all(e.size(1) == 2 * U + U + I for e, _ in m.graphs.eval)
 
 
 def test_ablation_switches_change_behaviour():
@@ -255,9 +256,9 @@ def test_checkpoint_round_trip_weights_only():
     torch.manual_seed(1)
     m2 = DiffMM.from_data(data, eval_uses_dropped_graph=False, **SMALL)
     m2.load_state_dict(state)
-    for (a, b), (c, d) in zip(m._graphs, m2._graphs):
+    for (a, b), (c, d) in zip(m.graphs.train, m2.graphs.train):
         assert torch.equal(a, c) and torch.equal(b, d)
-    assert m2._eval_graphs is not None
+    assert m2.graphs.eval is not None
     m2.eval()
     m2.prepare_scoring()
     torch.testing.assert_close(m2.score(users), scores)
@@ -268,8 +269,7 @@ def test_checkpoint_round_trip_weights_only():
 def test_scores_before_training_and_bf16_options():
     data = synthetic()
     torch.manual_seed(0)
-    m = DiffMM.from_data(data, autocast_bf16=True, cl_bf16=True,
-                         cl_method=1, **SMALL)
+    m = DiffMM.from_data(data, precision='bf16', cl_method=1, **SMALL)
     s = m.score(torch.tensor([0, 3]))          # regenerates lazily
     assert s.shape == (2, I) and torch.isfinite(s).all()
     out = m.diffusion_loss(user_batch(m))
@@ -287,7 +287,8 @@ def test_sparse_layouts_agree(layout):
     torch.manual_seed(0)
     a = DiffMM.from_data(data, cl_method=1, **SMALL)
     torch.manual_seed(0)
-    b = DiffMM.from_data(data, cl_method=1, sparse_layout=layout, **SMALL)
+    b = DiffMM.from_data(data, cl_method=1, **SMALL)
+    b._sparse_layout = layout
     a.regenerate_graphs()
     b.set_extra_state(a.get_extra_state())
     torch.testing.assert_close(a.bpr_loss(batch)['loss'],
@@ -298,8 +299,8 @@ def test_training_epochs_reduce_loss():
     from mmdiff.train import Trainer
     data = synthetic()
     torch.manual_seed(0)
-    m = DiffMM.from_data(data, cl_method=1, latdim=16, dims=[32], batch=32,
-                         lr=1e-2)
+    m = DiffMM.from_data(data, cl_method=1, embedding_dim=16,
+                         hidden_dims=[32], batch_size=32, lr=1e-2)
     res = Trainer(m, data, epochs=4, batch_size=32, patience=0, seed=0,
                   ks=(5, 10), monitor='recall@10').fit()
     hist = res.history

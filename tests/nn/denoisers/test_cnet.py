@@ -3,7 +3,7 @@ import torch
 import torch.nn.functional as F
 
 from mmdiff.errors import ConfigError
-from mmdiff.nn.cnet import BDBlock, BGBlock, CNet, MLPBlock
+from mmdiff.nn.denoisers.cnet import BDBlock, BGBlock, CNet, MLPBlock
 
 B, I, D, C = 4, 12, 8, 3
 DIMS = {'text': 5, 'image': 7, 'audio': 2}
@@ -67,7 +67,7 @@ def test_bg_block_full_mode():
 
 def test_cnet_forward_matches_manual_composition():
     torch.manual_seed(1)
-    net = CNet(I, DIMS, hidden=D, svd_dim=C, num_blocks=2)
+    net = CNet(I, DIMS, hidden_dim=D, svd_dim=C, num_blocks=2)
     for blocks in net.bg_blocks:  # leave the identity init
         for blk in blocks.values():
             for p in blk.parameters():
@@ -95,7 +95,7 @@ def test_cnet_forward_matches_manual_composition():
 
 
 def test_ablation_without_bg():
-    net = CNet(I, DIMS, hidden=D, svd_dim=C, use_bg=False)
+    net = CNet(I, DIMS, hidden_dim=D, svd_dim=C, use_bg=False)
     assert net.bg_blocks is None and net.modality_dims == {}
     x, t, c, _ = _inputs()
     h = net.lin_in(x)
@@ -104,13 +104,13 @@ def test_ablation_without_bg():
     assert torch.allclose(net(x, t, c), net.lin_out(h), atol=1e-6)
     assert not any('bg' in n for n, _ in net.named_parameters())
     # no modalities at all is fine without BG, and an error with BG
-    CNet(I, {}, hidden=D, svd_dim=C, use_bg=False)
+    CNet(I, {}, hidden_dim=D, svd_dim=C, use_bg=False)
     with pytest.raises(ConfigError, match='use_bg'):
-        CNet(I, {}, hidden=D, svd_dim=C)
+        CNet(I, {}, hidden_dim=D, svd_dim=C)
 
 
 def test_ablation_without_bd():
-    net = CNet(I, DIMS, hidden=D, svd_dim=C, use_bd=False)
+    net = CNet(I, DIMS, hidden_dim=D, svd_dim=C, use_bd=False)
     assert all(isinstance(b, MLPBlock) for b in net.bd_blocks)
     assert net.lin_in.in_features == I + D  # DiffRec-style [x_t ; z_t]
     x, t, c, e = _inputs()
@@ -132,7 +132,7 @@ def test_ablation_without_bd():
 @pytest.mark.parametrize('dims', [{'a': 1}, {'a': 3, 'b': 9},
                                   {'a': 2, 'b': 4, 'c': 6, 'd': 8}])
 def test_any_number_of_modalities(dims):
-    net = CNet(I, dims, hidden=D, svd_dim=C, num_blocks=3)
+    net = CNet(I, dims, hidden_dim=D, svd_dim=C, num_blocks=3)
     x, t, c, e = _inputs(dims=dims)
     out = net(x, t, c, e)
     out.sum().backward()
@@ -144,24 +144,24 @@ def test_any_number_of_modalities(dims):
 
 
 def test_shared_time_broadcast_dropout_and_repr():
-    net = CNet(I, {'a': 2}, hidden=D, svd_dim=C, dropout=0.5)
+    net = CNet(I, {'a': 2}, hidden_dim=D, svd_dim=C, dropout=0.5)
     x, t, c, e = _inputs(dims={'a': 2})
     net.eval()
     a = net(x, t[:1], c, e)
     b = net(x, t[:1].expand(B, -1), c, e)
     assert torch.allclose(a, b)
     assert torch.equal(net(x, t, c, e), net(x, t, c, e))  # eval: no dropout
-    assert repr(net) == ('CNet(12, modalities={a: 2}, hidden=8, svd_dim=3, '
+    assert repr(net) == ('CNet(12, modalities={a: 2}, hidden_dim=8, svd_dim=3, '
                          'num_blocks=2, use_bd=True, use_bg=True)')
     with pytest.raises(ConfigError):
-        CNet(I, {'a': 2}, hidden=0)
+        CNet(I, {'a': 2}, hidden_dim=0)
     with pytest.raises(ConfigError):
         CNet(I, {'a': 2}, bg_mode='x')
 
 
 def test_initialisation():
     torch.manual_seed(0)
-    net = CNet(400, {'a': 2}, hidden=300, svd_dim=C)
+    net = CNet(400, {'a': 2}, hidden_dim=300, svd_dim=C)
     w = net.lin_in.weight.detach()
     std = (2.0 / (400 + 300)) ** 0.5  # Xavier-normal
     assert abs(float(w.std()) - std) / std < 0.05

@@ -21,7 +21,7 @@ def _data(U, I, density=0.15, seed=0):
 def test_matches_dense_svd(shape, method):
     U, I = shape
     dense, ui = _data(U, I)
-    Rt = bipartite_normalized(ui, U, I).to_dense().double()
+    Rt = bipartite_normalized(ui, U, I, dtype=torch.float64).to_dense()
     uu, ss, _ = torch.linalg.svd(Rt)
     k = 8
     u, s, v = truncated_svd(ui, k, U, I, method=method, niter=8)

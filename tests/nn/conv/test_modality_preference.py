@@ -2,12 +2,13 @@ import pytest
 import torch
 from torch_geometric import EdgeIndex
 
-from mmdiff.graph.adjacency import bipartite_normalized
-from mmdiff.nn.conv.modality_preference import (
-    ModalityPreference,
-    bipartite_norm,
+from mmdiff.errors import DataError
+from mmdiff.graph import (
+    bipartite_normalized,
+    sym_norm_weights,
     user_item_to_item_user,
 )
+from mmdiff.nn.conv import ModalityPreference
 
 U, I, F = 7, 5, 3
 
@@ -58,7 +59,7 @@ def test_adjacency_formats_agree():
     assert torch.allclose(ModalityPreference(normalize=False)(x, rt), ref,
                           atol=1e-6)
     # normalised edge weights, normalize=False
-    w = bipartite_norm(iu, None, (I, U))
+    w = sym_norm_weights(iu[0], iu[1], I, U)
     out = ModalityPreference(normalize=False)(x, iu, size=(I, U),
                                               edge_weight=w)
     assert torch.allclose(out, ref, atol=1e-6)
@@ -129,3 +130,31 @@ def test_dtype_follows_features(dtype):
     dense, ui, x = _graph(5)
     out = ModalityPreference().forward_user_item(x.to(dtype), ui, U)
     assert out.dtype == dtype
+
+
+def test_orientation_is_checked_or_right():
+    r"""The data's own (user, item) edges either give the right answer
+    (through forward_user_item) or a clear error naming the orientation,
+    never a bare IndexError or a silently transposed product."""
+    dense, ui, x = _graph(3)
+    ref = _dense_loop(dense, x)
+    conv = ModalityPreference()
+    # no size: the orientation of a plain edge_index is not declared
+    with pytest.raises(DataError, match=r'\(item, user\)'):
+        conv(x, ui)
+    # (user, item) edges declared as (item, user) with U != I: ids out of
+    # range on the item side, named as such
+    with pytest.raises(DataError, match='row 0 = item ids'):
+        conv(x, ui, size=(I, U))
+    # a sparse matrix of the wrong shape
+    R = torch.sparse_coo_tensor(ui, torch.ones(ui.size(1)), (U, I))
+    with pytest.raises(DataError, match=r'\[num_users, num_items\]'):
+        conv(x, R.t().coalesce())
+    # an EdgeIndex whose source side is not the items
+    with pytest.raises(DataError, match='sparse_size'):
+        conv(x, EdgeIndex(ui, sparse_size=(U, I)))
+    # the supported ways agree with the dense formula
+    assert torch.allclose(conv.forward_user_item(x, ui, U), ref, atol=1e-6)
+    assert torch.allclose(conv(x, user_item_to_item_user(ui), size=(I, U)),
+                          ref, atol=1e-6)
+    assert torch.allclose(conv(x, R), ref, atol=1e-6)

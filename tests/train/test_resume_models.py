@@ -1,0 +1,159 @@
+r"""Crash safety of the diffusion models: a ``mmdiff train`` process killed
+with SIGKILL after some epoch's checkpoint was written and resumed with
+``mmdiff train --resume DIR`` ends with exactly the metrics, history and
+best weights of an uninterrupted run of the same seed (CPU, one thread).
+
+Mirrors tests/test_resume_kill.py (LightGCN) for DiffMM, LD4MRec and
+DiffRec.  Only trainer-level flags are passed; the model hyper-parameters
+are the ``[synthetic]`` presets.  To make the kill land mid-run however
+fast the epochs are, the child is frozen with SIGSTOP as soon as a
+checkpoint exists, the checkpoint is inspected, and the child is then
+killed with SIGKILL (or continued if the checkpoint is still epoch 0).
+"""
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+import warnings
+from pathlib import Path
+
+import pytest
+import torch
+
+from mmdiff.cli import main
+from mmdiff.train.checkpoint import load_checkpoint
+
+ROOT = Path(__file__).resolve().parents[2]
+DATASET = 'synthetic:users=150,items=100'
+#: epochs per model: the fast models get more, so that the run is still
+#: going when the checkpoint of epoch >= 1 is seen
+EPOCHS = {'diffmm': 6, 'ld4mrec': 20, 'diffrec': 20}
+
+
+def _args(model):
+    return ['train', '--model', model, '--dataset', DATASET,
+            '--epochs', str(EPOCHS[model]), '--patience', '0',
+            '--batch-size', '64', '--seed', '5', '--device', 'cpu',
+            '--quiet']
+
+
+@pytest.fixture(autouse=True)
+def _one_thread():
+    # the killed subprocess runs with OMP_NUM_THREADS=1: match it in-process
+    n = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(n)
+
+
+def _cli(*argv) -> None:
+    with warnings.catch_warnings():
+        warnings.simplefilter('ignore', UserWarning)
+        assert main([str(a) for a in argv]) == 0
+
+
+def _metrics(run: Path) -> dict:
+    m = json.loads((run / 'metrics.json').read_text())
+    return {k: v for k, v in m.items()
+            if not k.startswith('seconds_per_epoch')}
+
+
+def _history(run: Path) -> list:
+    rows = [json.loads(ln) for ln in
+            (run / 'history.jsonl').read_text().splitlines()]
+    return [{k: v for k, v in r.items() if not k.startswith('time/')}
+            for r in rows]
+
+
+def _same(a, b, where='') -> None:
+    r"""Exact equality of nested state (tensors bit for bit)."""
+    if isinstance(a, torch.Tensor):
+        assert isinstance(b, torch.Tensor), where
+        assert a.dtype == b.dtype and a.shape == b.shape, where
+        assert torch.equal(a, b), where
+    elif isinstance(a, dict):
+        assert isinstance(b, dict) and a.keys() == b.keys(), where
+        for k in a:
+            _same(a[k], b[k], f'{where}.{k}')
+    elif isinstance(a, (list, tuple)):
+        assert type(a) is type(b) and len(a) == len(b), where
+        for i, (x, y) in enumerate(zip(a, b)):
+            _same(x, y, f'{where}[{i}]')
+    else:
+        assert a == b, where
+
+
+def _run_and_kill(model: str, out: Path) -> int:
+    env = dict(os.environ, OMP_NUM_THREADS='1', MKL_NUM_THREADS='1',
+               PYTHONWARNINGS='ignore')
+    proc = subprocess.Popen(
+        [sys.executable, '-m', 'mmdiff.cli', *_args(model), '--out',
+         str(out)],
+        cwd=ROOT, env=env, stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE)
+    ckpt = out / 'checkpoint.pt'
+    seen = -1
+    try:
+        deadline = time.monotonic() + 180
+        while time.monotonic() < deadline and proc.poll() is None:
+            if ckpt.exists():
+                proc.send_signal(signal.SIGSTOP)  # freeze, then look
+                # never a partial file: the checkpoint is replaced atomically
+                seen = load_checkpoint(out)['epoch']
+                if seen >= 1:
+                    break
+                proc.send_signal(signal.SIGCONT)
+            time.sleep(0.005)
+        assert proc.poll() is None, (
+            f"the run ended before it could be killed: "
+            f"{proc.stderr.read().decode()[-2000:]}")
+        proc.send_signal(signal.SIGKILL)
+        proc.wait(timeout=60)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+        proc.stderr.close()
+    assert proc.returncode == -signal.SIGKILL
+    return seen
+
+
+@pytest.mark.parametrize('model', ['diffmm', 'ld4mrec', 'diffrec'])
+def test_sigkill_then_resume_matches_uninterrupted(model, tmp_path):
+    epochs = EPOCHS[model]
+    killed = tmp_path / 'killed'
+    seen = _run_and_kill(model, killed)
+    assert seen >= 1
+    # interrupted mid-way: no final outputs, a usable checkpoint
+    assert not (killed / 'metrics.json').exists()
+    assert not (killed / 'best_model.pt').exists()
+    ck = load_checkpoint(killed)
+    assert ck['epoch'] == seen
+    assert 1 <= ck['epoch'] < epochs - 1
+    assert ck['config']['model'] == model
+    assert len(ck['history']) == ck['epoch'] + 1
+
+    _cli('train', '--resume', killed, '--quiet')
+    full = tmp_path / 'full'
+    _cli(*_args(model), '--out', full)
+
+    assert _metrics(killed) == _metrics(full)
+    assert _metrics(full)['epochs_run'] == epochs
+    assert _history(killed) == _history(full)
+    assert [r['epoch'] for r in _history(killed)] == list(range(epochs))
+    # the history rows before the kill were kept, not recomputed
+    assert _history(killed)[:seen + 1] == [
+        {k: v for k, v in r.items() if not k.startswith('time/')}
+        for r in ck['history']]
+    # final state: last checkpoint and the selected weights are identical
+    a, b = load_checkpoint(killed), load_checkpoint(full)
+    assert a['epoch'] == b['epoch'] == epochs - 1
+    _same(a['model_state'], b['model_state'], 'checkpoint')
+    _same(a['best'], b['best'], 'best')
+    _same(load_checkpoint(killed / 'best_model.pt')['model_state'],
+          load_checkpoint(full / 'best_model.pt')['model_state'],
+          'best_model')
