@@ -4,8 +4,8 @@ noise they already carry.
 Trains DiffMM (TikTok preset, float32, seed 0) for ``--epochs`` epochs, then
 for ``--batches`` training batches of each phase computes the gradient of
 the phase's loss twice with the same random draws: in float32 and with the
-bf16 option of that phase (``cl_bf16`` for BPR + contrastive,
-``autocast_bf16`` for the denoisers' diffusion loss).  It reports the
+bf16 setting of that phase (``precision='bf16'`` for BPR + contrastive,
+bf16 autocast for the denoisers' diffusion loss).  It reports the
 relative error :math:`\lVert g_{bf16} - g_{32}\rVert / \lVert g_{32}
 \rVert` and, for scale, the same distance between the float32 gradients of
 two different batches.  Writes ``benchmarks/results/bf16_grad.md``.
@@ -47,14 +47,14 @@ def main(argv=None) -> int:
     ap.add_argument('--threads', type=int, default=1)
     args = ap.parse_args(argv)
     torch.set_num_threads(args.threads)
-    from mmdiff.cli import load_data
+    from mmdiff.train.run import load_data
     from mmdiff.data.hetero import edge_index_of, interaction_csr
     from mmdiff.data.samplers import TripletSampler, UserRowSampler
     from mmdiff.nn.models import DiffMM
     from mmdiff.train import Trainer
     from mmdiff.train.config import preset, split_config
     data = load_data('tiktok', args.root)
-    tkw, hp = split_config(preset('diffmm', 'tiktok'))
+    tkw, hp = split_config(preset('diffmm', 'tiktok'), DiffMM)
     tkw.update(epochs=args.epochs, patience=0, track_test=False)
     torch.manual_seed(0)
     m = DiffMM.from_data(data, **hp)
@@ -79,20 +79,21 @@ def main(argv=None) -> int:
         rows[name] = (errs, noise)
 
     def set_cl(flag):
-        m.cl_bf16 = flag
+        m.precision = 'bf16' if flag else 'float32'
 
     def set_dn(flag):
         for d in m.denoisers:
             d.autocast_bf16 = flag
 
     gen = torch.Generator().manual_seed(1)
-    bs = int(hp.get('batch', 1024))
+    bs = int(hp.get('batch_size', 1024))
     triplets = TripletSampler(edge_index_of(data, 'train'), m.num_items, bs,
                               gen)
-    measure('BPR + contrastive (`cl_bf16`)', m.bpr_loss, iter(triplets),
+    measure('BPR + contrastive (`precision=bf16`)', m.bpr_loss,
+            iter(triplets),
             set_cl)
     users = UserRowSampler(interaction_csr(data, 'train'), bs, generator=gen)
-    measure('diffusion loss (`autocast_bf16`)', m.diffusion_loss,
+    measure('diffusion loss (bf16 denoisers)', m.diffusion_loss,
             iter(users), set_dn)
 
     def stats(v):

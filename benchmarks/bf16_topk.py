@@ -28,13 +28,13 @@ def main(argv=None) -> int:
     ap.add_argument('--threads', type=int, default=1)
     args = ap.parse_args(argv)
     torch.set_num_threads(args.threads)
-    from mmdiff.cli import load_data
-    from mmdiff.nn.interaction_diffusion import _row_batches
+    from mmdiff.train.run import load_data
+    from mmdiff.nn.diffusion.interaction import _row_batches
     from mmdiff.nn.models import DiffMM
     from mmdiff.train import Trainer
     from mmdiff.train.config import preset, split_config
     data = load_data('tiktok', args.root)
-    tkw, hp = split_config(preset('diffmm', 'tiktok'))
+    tkw, hp = split_config(preset('diffmm', 'tiktok'), DiffMM)
     tkw.update(epochs=args.epochs, patience=0, track_test=False)
     torch.manual_seed(0)
     m = DiffMM.from_data(data, **hp)

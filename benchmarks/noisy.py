@@ -1,4 +1,4 @@
-r"""Noisy-training benchmark (LD4MRec protocol, ALGORITHMS.md §3.1 / D22).
+r"""Noisy-training benchmark (LD4MRec protocol, docs/algorithms.md §3.1 / D22).
 
 Adds 0 %, 10 % and 20 % uniformly random unobserved interactions to the
 training and validation splits (test stays clean, seeded), trains every model

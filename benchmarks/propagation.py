@@ -53,13 +53,11 @@ def main(argv=None) -> int:
     args = ap.parse_args(argv)
     torch.set_num_threads(1)
     import torch_geometric.typing as pyg_typing
-    from mmdiff.cli import load_data
+    from mmdiff.train.run import load_data
     from mmdiff.data.hetero import edge_index_of, num_items, num_users
     from mmdiff.graph import normalized_edges
-    from mmdiff.nn.conv.multimodal_aggregation import (
-        NormalizedPropagation,
-        matrix_to_adj,
-    )
+    from mmdiff.graph import to_adj
+    from mmdiff.nn.conv import NormalizedPropagation
     data = load_data(args.dataset, args.root)
     U, I = num_users(data), num_items(data)
     N = U + I
@@ -68,14 +66,14 @@ def main(argv=None) -> int:
     x = torch.randn(N, args.dim)
     graphs = {
         'edge_index + weight (gather/scatter)':
-            matrix_to_adj(ei, w, N, 'edge_index'),
-        'torch CSR (fused torch.sparse.mm)': matrix_to_adj(ei, w, N, 'csr'),
+            to_adj(ei, w, N, 'edge_index'),
+        'torch CSR (fused torch.sparse.mm)': to_adj(ei, w, N, 'csr'),
         'EdgeIndex + weight (fused, cached transpose)':
-            matrix_to_adj(ei, w, N, 'edge_index_obj'),
+            to_adj(ei, w, N, 'edge_index_obj'),
     }
     if pyg_typing.WITH_TORCH_SPARSE:
         from torch_sparse import SparseTensor
-        # adj_t of G is G^T = (row=col of G); built from the flipped entries
+        # adj_t is G itself: rows = targets (ei[1]), columns = sources
         graphs['torch_sparse SparseTensor (adj_t)'] = SparseTensor(
             row=ei[1], col=ei[0], value=w, sparse_sizes=(N, N))
     rows = []

@@ -68,7 +68,7 @@ def attach_features(data, features: Dict[str, int], seed: int = 0):
 def _epoch_job(q, model, dataset, root, epochs, threads, overrides,
                features=None):
     torch.set_num_threads(threads)
-    from mmdiff.cli import dataset_key, load_data
+    from mmdiff.train.run import dataset_key, load_data
     from mmdiff.nn.models import get_model_class
     from mmdiff.train import Trainer
     from mmdiff.train.config import preset, split_config
@@ -77,7 +77,7 @@ def _epoch_job(q, model, dataset, root, epochs, threads, overrides,
     cls = get_model_class(model)
     cfg = preset(cls.name, dataset_key(dataset))
     cfg.update(overrides)
-    tkw, hp = split_config(cfg)
+    tkw, hp = split_config(cfg, cls)
     tkw.update(epochs=epochs, patience=0, track_test=False)
     seed_everything(0)
     t_build = time.perf_counter()
@@ -104,7 +104,7 @@ def _epoch_job(q, model, dataset, root, epochs, threads, overrides,
 
 def _inference_job(q, model, dataset, root, threads, k):
     torch.set_num_threads(threads)
-    from mmdiff.cli import dataset_key, load_data
+    from mmdiff.train.run import dataset_key, load_data
     from mmdiff.data.hetero import edge_index_of, num_items, num_users
     from mmdiff.metrics import recommend_topk
     from mmdiff.nn.models import get_model_class
@@ -112,7 +112,7 @@ def _inference_job(q, model, dataset, root, threads, k):
     from mmdiff.train.config import preset, split_config
     data = load_data(dataset, root)
     cls = get_model_class(model)
-    tkw, hp = split_config(preset(cls.name, dataset_key(dataset)))
+    tkw, hp = split_config(preset(cls.name, dataset_key(dataset)), cls)
     tkw.update(epochs=1, patience=0, track_test=False)
     m = cls.from_data(data, **hp)
     Trainer(m, data, device='cpu', **tkw).fit()  # one epoch: graphs exist

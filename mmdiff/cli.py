@@ -96,7 +96,7 @@ def build_parser() -> argparse.ArgumentParser:
                         f'given, e.g. after moving the data)')
     t.add_argument('--root', default=None,
                    help='folder holding <dataset>/ for named datasets '
-                        '(e.g. ../shared/data)')
+                        '(e.g. data/)')
     t.add_argument('--modalities', nargs='+', default=None,
                    help='use only these item modalities (by name)')
     t.add_argument('--noise', type=float, default=0.0,

@@ -1,4 +1,4 @@
-r"""Full-ranking top-:math:`K` metrics (ALGORITHMS.md §3).
+r"""Full-ranking top-:math:`K` metrics (docs/algorithms.md §3).
 
 For a user :math:`u` with held-out items :math:`T_u` and ranked list
 :math:`L_u` of the top-:math:`K` items (training items excluded):
@@ -13,7 +13,7 @@ For a user :math:`u` with held-out items :math:`T_u` and ranked list
     \log_2(r+1)}{\sum_{r=1}^{\min(K, |T_u|)} 1/\log_2(r+1)},
 
 averaged over the users with :math:`|T_u| \geq 1`.  Only training items are
-masked (the MMRec convention, ALGORITHMS.md D23): validation items stay
+masked (the MMRec convention, docs/algorithms.md D23): validation items stay
 rankable at test time.  Users are processed in chunks, so memory is
 :math:`O(\text{chunk} \times I)`, and there is no Python loop over users.
 """

@@ -1,4 +1,4 @@
-r"""Noisy-training data (LD4MRec's protocol, ALGORITHMS.md §3.1 / D22).
+r"""Noisy-training data (LD4MRec's protocol, docs/algorithms.md §3.1 / D22).
 
 :func:`add_noise_interactions` adds :math:`n = \lfloor r \cdot |C| \rfloor`
 uniformly random *unobserved* (user, item) pairs, :math:`|C|` being the number

@@ -64,7 +64,7 @@ def sample_negatives(users: Tensor, train_keys: Tensor, num_items: int,
 
 class TripletSampler:
     r"""All training interactions once per epoch, shuffled, each paired with
-    one fresh uniform negative (ALGORITHMS.md §2.7).
+    one fresh uniform negative (docs/algorithms.md §2.7).
 
     Args:
         edge_index (Tensor): ``[2, E]`` training (user, item) edges (CPU).

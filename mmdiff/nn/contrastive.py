@@ -1,4 +1,4 @@
-r"""DiffMM's InfoNCE (``contrastLoss`` of the official code, ALGORITHMS.md
+r"""DiffMM's InfoNCE (``contrastLoss`` of the official code, docs/algorithms.md
 §2.7)."""
 from __future__ import annotations
 

@@ -1,5 +1,5 @@
 r"""Truncated SVD of the user-item interaction matrix: LD4MRec's
-collaborative encoder (ALGORITHMS.md §4.1, D18).
+collaborative encoder (docs/algorithms.md §4.1, D18).
 
 The paper says only "an SVD scheme as encoder".  Recommended reading (used
 by default): the rank-:math:`k` truncated SVD of the normalised matrix
@@ -256,7 +256,7 @@ def svd_user_factors(
         U_k \;(\texttt{'none'})
 
     of the truncated SVD of :math:`\tilde{R}` (``normalized=True``, the
-    recommended reading of the paper, ALGORITHMS.md D18) or of the raw
+    recommended reading of the paper, docs/algorithms.md D18) or of the raw
     :math:`R`.  See :func:`truncated_svd` for ``matrix``, ``method``,
     ``niter`` and ``seed``.  Users without interactions get zero rows.
     Sports-scale (35,598 x 18,357) matrices take well under a second with

@@ -120,3 +120,21 @@ def test_edge_dropout_expectation():
     assert same[1] is w
     with pytest.raises(ConfigError):
         dropout_normalized_edges(ei, w, 0.0)
+
+
+def test_graph_store_reads_states_written_before_the_convention():
+    from mmdiff.graph.store import ORIENTATION_KEY, GraphStore
+    ei = torch.tensor([[0, 1, 2], [3, 3, 0]])
+    w = torch.tensor([0.5, 0.25, 1.0])
+    store = GraphStore(4, 1)
+    store.set([(ei, w)])
+    state = store.state()
+    assert ORIENTATION_KEY in state
+    again = GraphStore(4, 1)
+    again.load_state(state, torch.device('cpu'))
+    assert torch.equal(again.train[0][0], ei)
+    # an older state stored the (row, col) entries of G = (target, source)
+    old = {k: v for k, v in state.items() if k != ORIENTATION_KEY}
+    again.load_state(old, torch.device('cpu'))
+    assert torch.equal(again.train[0][0], ei.flip(0))
+    assert torch.equal(again.train[0][1], w)

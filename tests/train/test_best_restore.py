@@ -29,6 +29,7 @@ from mmdiff.data.synthetic import make_synthetic
 from mmdiff.nn.models import MF, LightGCN
 from mmdiff.nn.models.base import Recommender, TrainingPhase
 from mmdiff.train import Trainer
+from mmdiff.train.checkpoint import load_checkpoint
 
 from conftest import tiny_data
 
@@ -130,7 +131,7 @@ def test_epoch_peaked_model_restores_best_epoch(one_thread, tmp_path):
     # the restored state is the peak epoch's: buffer and trained bias
     assert int(model.epoch) == PEAK
     # the bias kept training after the peak: restoring it matters
-    ck = torch.load(tmp_path / 'run' / 'checkpoint.pt', weights_only=False)
+    ck = load_checkpoint(tmp_path / 'run')
     assert int(ck['model_state']['epoch']) == len(ALPHA) - 1
     assert not torch.equal(ck['model_state']['bias'], model.bias.detach())
     # the files agree with the returned result
@@ -140,7 +141,7 @@ def test_epoch_peaked_model_restores_best_epoch(one_thread, tmp_path):
         res.val_metrics
     assert {k[5:]: v for k, v in m.items() if k.startswith('test/')} == \
         res.test_metrics
-    best = torch.load(tmp_path / 'run' / 'best_model.pt', weights_only=False)
+    best = load_checkpoint(tmp_path / 'run' / 'best_model.pt')
     for k, v in model.state_dict().items():
         assert torch.equal(best['model_state'][k], v), k
 
