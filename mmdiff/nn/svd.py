@@ -115,7 +115,7 @@ def _warn_components(row: Tensor, col: Tensor, U: int, I: int,
     component with an interaction contributes a singular value of exactly 1,
     so with more components than about ``rank / 8`` the leading factors
     mostly indicate small components instead of collaborative structure
-    (TikTok's training graph has 120)."""
+    (e.g. TikTok's training graph)."""
     import warnings
     try:
         import scipy.sparse as sp

@@ -175,7 +175,7 @@ class DiffMMDenoiser(torch.nn.Module):
             x = F.normalize(x, dim=1)
         if self.training and self.dropout > 0:
             # Same distribution as F.dropout (keep w.p. 1-p, scale 1/(1-p));
-            # a uniform draw + compare is ~2x faster than bernoulli_ on CPU.
+            # a uniform draw + compare is faster than bernoulli_ on CPU.
             keep = torch.rand(x.shape, device=x.device) >= self.dropout
             x = (x * keep).mul_(1.0 / (1.0 - self.dropout))
         # W_1 [x ; e_t] + b_1 computed as W_1^(x) x + (W_1^(e) e_t + b_1):

@@ -33,8 +33,8 @@ def mm_aligned(a: Tensor, b: Tensor, bias: Optional[Tensor] = None
     :data:`ALIGN` elements; returns the ``[M, N]`` view.
 
     On x86 CPUs a float32 GEMM whose output rows are not 32-byte aligned
-    (e.g. :math:`N = 6710` items) runs ~1.5x slower than the same product
-    with a padded row stride (measured with MKL/oneDNN on AVX-512).  Other
+    (e.g. :math:`N = 6710` items) runs markedly slower than the same
+    product with a padded row stride (MKL/oneDNN on AVX-512).  Other
     devices, dtypes, aligned or small outputs use a plain product.
     """
     M, N = a.size(0), b.size(1)
