@@ -24,6 +24,7 @@ from typing import Callable, Dict, Optional, Sequence
 import torch
 from torch import Tensor
 
+from mmdiff.checks import check_int
 from mmdiff.errors import ConfigError, DataError
 
 #: The metric names, each reported at every cut-off as ``f'{name}@{k}'``
@@ -135,10 +136,7 @@ def full_ranking_metrics(
         least one target item.
     """
     ks = check_ks(ks, num_items)
-    if isinstance(chunk_size, bool) or not isinstance(chunk_size, int) \
-            or chunk_size < 1:
-        raise ConfigError(f"chunk_size must be a positive integer, got "
-                          f"{chunk_size!r}")
+    check_int('chunk_size', chunk_size, 1)
     device = torch.device(device) if device is not None else torch.device(
         'cpu')
     t_crow, t_col = _csr_parts(target, num_users, num_items)

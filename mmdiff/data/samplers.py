@@ -16,16 +16,13 @@ from typing import Iterator, Optional
 import torch
 from torch import Tensor
 
-from mmdiff.errors import ConfigError, DataError
+from mmdiff.checks import check_int
+from mmdiff.errors import DataError
 from mmdiff.data.batch import TripletBatch, UserBatch
 
 
 def _check_batch_size(batch_size: int) -> int:
-    if isinstance(batch_size, bool) or not isinstance(batch_size, int):
-        raise ConfigError(f"batch_size must be an integer, got "
-                          f"{batch_size!r}")
-    if batch_size < 1:
-        raise ConfigError(f"batch_size must be >= 1, got {batch_size}")
+    check_int('batch_size', batch_size, 1)
     return batch_size
 
 

@@ -187,6 +187,7 @@ def to_adj(edge_index: Tensor, edge_weight: OptTensor, num_nodes: int,
                         f", got {tuple(edge_weight.shape)}")
     if layout == 'edge_index':
         return edge_index, edge_weight
+    _quiet_sparse_beta_warnings()
     if layout in ('csr', 'coo'):
         adj_t = torch.sparse_coo_tensor(edge_index.flip(0), edge_weight,
                                         (num_nodes, num_nodes)).coalesce()
@@ -201,16 +202,29 @@ def to_adj(edge_index: Tensor, edge_weight: OptTensor, num_nodes: int,
 
 
 def _fill_cache(ei: EdgeIndex) -> None:
-    # PyG builds the transposed (CSC/CSR) structure with torch's sparse CSC
-    # conversion, which warns that CSC support is in beta.  Only its index
-    # conversion is used here, which is sound, so the warning is silenced.
+    _quiet_sparse_beta_warnings()
+    ei.fill_cache_()
+
+
+_QUIETED = False
+
+
+def _quiet_sparse_beta_warnings() -> None:
+    r"""torch warns once per process that sparse CSR/CSC tensors are in
+    beta when the first one is built; PyG's fused :class:`EdgeIndex`
+    product builds one on every call.  We only use them as index structures
+    for products PyG supports, which is sound, so the one-time warnings are
+    consumed here, silently, the first time a layer format is built."""
+    global _QUIETED
+    if _QUIETED:
+        return
     import warnings
     with warnings.catch_warnings():
-        warnings.filterwarnings('ignore', message='.*Sparse CSC tensor '
-                                'support is in beta.*')
-        warnings.filterwarnings('ignore', message='.*Sparse CSR tensor '
-                                'support is in beta.*')
-        ei.fill_cache_()
+        warnings.simplefilter('ignore', UserWarning)
+        index = torch.zeros(2, dtype=torch.long)
+        torch.sparse_csr_tensor(index, index[:1], torch.ones(1), (1, 1))
+        torch.sparse_csc_tensor(index, index[:1], torch.ones(1), (1, 1))
+    _QUIETED = True
 
 
 def normalized_adjacency(

@@ -7,7 +7,8 @@ from typing import Optional
 import torch
 from torch import Tensor
 
-from mmdiff.errors import ConfigError, DataError
+from mmdiff.checks import check_int
+from mmdiff.errors import DataError
 
 
 def regenerate_topk_graph(
@@ -34,11 +35,7 @@ def regenerate_topk_graph(
     """
     if scores.dim() != 2:
         raise DataError(f"scores must be [B, I], got {tuple(scores.shape)}")
-    if isinstance(k, bool) or not isinstance(k, int):
-        raise ConfigError(f"k must be an integer, got {k!r}")
-    if k < 1 or k > scores.size(1):
-        raise ConfigError(f"k={k} must be in [1, {scores.size(1)}] (the "
-                          f"number of items)")
+    check_int('k (items kept per row)', k, 1, scores.size(1))
     if exclude is not None:
         scores = scores.masked_fill(exclude, float('-inf'))
     items = scores.topk(k, dim=1).indices

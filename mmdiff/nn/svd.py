@@ -23,6 +23,8 @@ import numpy as np
 import torch
 from torch import Tensor
 
+from mmdiff.checks import check_int
+from mmdiff.graph.norm import sym_norm_weights
 from mmdiff.errors import ConfigError, DataError
 
 SCALINGS = ('sigma', 'sqrt_sigma', 'none')
@@ -91,12 +93,7 @@ def _to_coo(matrix, num_users: Optional[int], num_items: Optional[int]
 
 def _normalize(row: Tensor, col: Tensor, val: Tensor, U: int, I: int
                ) -> Tensor:
-    du = torch.zeros(U, dtype=val.dtype).index_add_(0, row, val)
-    di = torch.zeros(I, dtype=val.dtype).index_add_(0, col, val)
-    du, di = du.pow(-0.5), di.pow(-0.5)
-    du[torch.isinf(du)] = 0.0
-    di[torch.isinf(di)] = 0.0
-    return du[row] * val * di[col]
+    return sym_norm_weights(row, col, U, I, val, val.dtype)
 
 
 def _fix_signs(u: Tensor, v: Tensor) -> Tuple[Tensor, Tensor]:
@@ -197,8 +194,7 @@ def truncated_svd(
         ``(U_k [U, rank], S_k [rank], V_k [I, rank])`` in float64, singular
         values in decreasing order, column signs fixed canonically.
     """
-    if isinstance(rank, bool) or not isinstance(rank, int) or rank < 1:
-        raise ConfigError(f"rank must be a positive integer, got {rank!r}")
+    check_int('rank', rank, 1)
     if method not in METHODS:
         raise ConfigError(f"unknown SVD method {method!r}; expected one of "
                           f"{METHODS}")

@@ -32,6 +32,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from mmdiff.checks import check_int
 from mmdiff.errors import ConfigError
 
 BG_MODES = ('channel', 'full')
@@ -272,9 +273,7 @@ class CNet(nn.Module):
         super().__init__()
         for name, v in (('num_items', num_items), ('hidden_dim', hidden_dim),
                         ('svd_dim', svd_dim), ('num_blocks', num_blocks)):
-            if isinstance(v, bool) or not isinstance(v, int) or v < 1:
-                raise ConfigError(f"CNet: {name} must be a positive integer, "
-                                  f"got {v!r}")
+            check_int(f'CNet: {name}', v, 1)
         if not 0.0 <= dropout < 1.0:
             raise ConfigError(f"CNet: dropout must be in [0, 1), got "
                               f"{dropout}")

@@ -17,6 +17,7 @@ from typing import Callable, Dict, Optional, Tuple
 import torch
 from torch import Tensor
 
+from mmdiff.checks import check_float, check_int
 from mmdiff.errors import ConfigError
 from mmdiff.nn.diffusion.step_sampler import ImportanceStepSampler
 
@@ -45,10 +46,8 @@ def linear_var_betas(noise_scale: float, noise_min: float, noise_max: float,
     ``beta_fixed`` overwrites :math:`\beta_0` (DiffMM: ``1e-4``; the LD4MRec
     Eq. 3 schedule uses none).
     """
-    if isinstance(steps, bool) or not isinstance(steps, int) or steps < 1:
-        raise ConfigError(f"steps must be a positive integer, got {steps!r}")
-    if noise_scale <= 0:
-        raise ConfigError(f"noise_scale must be > 0, got {noise_scale}")
+    check_int('steps', steps, 1)
+    check_float('noise_scale', noise_scale, 0, lo_open=True)
     if not 0 <= noise_min <= noise_max:
         raise ConfigError(f"need 0 <= noise_min <= noise_max, got "
                           f"{noise_min}, {noise_max}")

@@ -24,6 +24,7 @@ from typing import Dict, FrozenSet, Iterator, Optional, Sequence, Tuple
 import torch
 from torch import Tensor
 
+from mmdiff.checks import check_int
 from mmdiff.errors import ConfigError, DataError
 from mmdiff.graph import (
     dropout_normalized_edges,
@@ -113,11 +114,7 @@ class InteractionDiffusion(torch.nn.Module):
                  sampling_noise: bool = False, autocast_bf16: bool = False,
                  importance_sampling: bool = False):
         super().__init__()
-        if isinstance(sampling_steps, bool) or \
-                not isinstance(sampling_steps, int) or \
-                not 0 <= sampling_steps <= diffusion.steps:
-            raise ConfigError(f"sampling_steps must be an integer in [0, "
-                              f"{diffusion.steps}], got {sampling_steps!r}")
+        check_int('sampling_steps', sampling_steps, 0, diffusion.steps)
         if not isinstance(denoiser, torch.nn.Module):
             raise ConfigError(f"the denoiser must be a torch.nn.Module "
                               f"mapping (x_t, t) to x0_hat, got "
@@ -208,26 +205,27 @@ class InteractionDiffusion(torch.nn.Module):
                 return self.denoiser(x_t.to(torch.bfloat16) if bf16
                                      else x_t, t)
 
-        fused = None
-        if 'linear_output' in self.capabilities():
-            def fused(x_t: Tensor, t: Tensor, step_weights: Tensor):
-                with _autocast(bf16, x0.device):
-                    h = self.denoiser.hidden_state(
-                        x_t.to(torch.bfloat16) if bf16 else x_t, t)
-                rows, cols = x0.nonzero(as_tuple=True)
-                vals = x0[rows, cols]
-                target = None
-                if use_msi:
-                    e = item_emb.detach().float()
-                    target = torch.zeros(B, e.size(1), device=x0.device) \
-                        .index_add_(0, rows, e[cols] * vals[:, None])
-                last = self.denoiser.output_layer
-                elbo, msi, sq = LinearOutputLoss.apply(
-                    h.float(), last.weight, last.bias, rows, cols, vals,
-                    step_weights, feature_proj.detach().float() if use_msi
-                    else None, target, bf16)
-                return elbo, sq, {'msi': msi}
+        def linear_output_loss(x_t: Tensor, t: Tensor,
+                               step_weights: Tensor):
+            with _autocast(bf16, x0.device):
+                h = self.denoiser.hidden_state(
+                    x_t.to(torch.bfloat16) if bf16 else x_t, t)
+            rows, cols = x0.nonzero(as_tuple=True)
+            vals = x0[rows, cols]
+            target = None
+            if use_msi:
+                e = item_emb.detach().float()
+                target = torch.zeros(B, e.size(1), device=x0.device) \
+                    .index_add_(0, rows, e[cols] * vals[:, None])
+            last = self.denoiser.output_layer
+            elbo, msi, sq = LinearOutputLoss.apply(
+                h.float(), last.weight, last.bias, rows, cols, vals,
+                step_weights, feature_proj.detach().float() if use_msi
+                else None, target, bf16)
+            return elbo, sq, {'msi': msi}
 
+        fused = linear_output_loss if 'linear_output' in \
+            self.capabilities() else None
         out = self.diffusion.training_loss(
             x0, predict, step_sampler=self.step_sampler, fused=fused)
         elbo = out['loss']
@@ -275,8 +273,7 @@ class InteractionDiffusion(torch.nn.Module):
         unless more than ``refine`` items sit within bfloat16 rounding of
         the ``k``-th."""
         I = x0.size(1)
-        if isinstance(k, bool) or not isinstance(k, int) or not 1 <= k <= I:
-            raise ConfigError(f"k must be an integer in [1, {I}], got {k!r}")
+        check_int('k', k, 1, I)
         if not (self.autocast_bf16 and self._can_fuse_reverse()):
             gen = self.denoise(x0)
             if exclude is not None:
@@ -356,10 +353,7 @@ def generate_topk_edges(diffusion: InteractionDiffusion, csr_or_sampler,
     ``[2, U * k]`` (user, item) edges on the denoiser's device
     (docs/algorithms.md §2.6 steps 1-2).  Observed items are candidates unless
     ``exclude_observed`` (DiffMM keeps them, D5)."""
-    if isinstance(k, bool) or not isinstance(k, int) or \
-            not 1 <= k <= num_items:
-        raise ConfigError(f"rebuild k must be an integer in [1, {num_items}],"
-                          f" got {k!r}")
+    check_int('rebuild k', k, 1, num_items)
     device = diffusion._device()
     parts = []
     try:

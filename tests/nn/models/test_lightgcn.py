@@ -79,3 +79,19 @@ def test_scores_follow_cached_embeddings_and_state_dict_has_no_graph():
 def test_layout_is_not_a_hyper_parameter():
     with pytest.raises(ConfigError, match="unknown hyper-parameter"):
         LightGCN.from_data(tiny_data(), sparse_layout='csr')
+
+
+def test_cli_prints_no_sparse_beta_warning(tmp_path):
+    import subprocess
+    import sys
+    run = tmp_path / 'run'
+    base = [sys.executable, '-W', 'default', '-m', 'mmdiff.cli']
+    for args in (['train', '--model', 'lightgcn', '--dataset',
+                  'synthetic:users=60,items=40', '--epochs', '1', '--quiet',
+                  '--device', 'cpu', '--out', str(run)],
+                 ['evaluate', str(run), '--device', 'cpu'],
+                 ['recommend', str(run), '--users', '0', '--device', 'cpu']):
+        r = subprocess.run(base + args, capture_output=True, text=True,
+                           timeout=300)
+        assert r.returncode == 0, r.stderr
+        assert 'beta state' not in r.stderr, r.stderr
