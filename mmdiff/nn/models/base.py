@@ -36,6 +36,8 @@ from torch import Tensor
 from torch_geometric.data import HeteroData
 
 from mmdiff.data.batch import TripletBatch, UserBatch  # noqa: F401
+from mmdiff.data.hetero import edges_to_csr
+from mmdiff.data.samplers import dense_rows
 from mmdiff.errors import ConfigError
 
 
@@ -165,3 +167,36 @@ class Recommender(torch.nn.Module):
         for b in self.buffers():
             return b.device
         return torch.device('cpu')
+
+
+class RowDiffusionRecommender(Recommender):
+    r"""Base of the recommenders trained by one diffusion phase over user
+    interaction rows (DiffRec, LD4MRec).
+
+    A subclass sets ``num_users``, ``num_items``, ``lr``, ``weight_decay``
+    and ``batch_size`` (:obj:`None`: the trainer's), calls
+    :meth:`register_interactions` and implements ``loss(batch)`` (a
+    :class:`UserBatch`) and :meth:`score`.  The training matrix is kept as
+    the persistent CSR buffers ``crow`` / ``col`` (scoring needs the rows,
+    so checkpoints carry them)."""
+
+    def register_interactions(self, edge_index: Tensor) -> None:
+        r"""Stores the ``[2, E]`` (user, item) training edges as CSR."""
+        csr = edges_to_csr(edge_index.cpu().long(), self.num_users,
+                           self.num_items)
+        self.register_buffer('crow', csr.crow_indices().clone())
+        self.register_buffer('col', csr.col_indices().clone())
+
+    def rows(self, users: Tensor) -> Tensor:
+        r"""Dense ``[B, I]`` training rows of ``users`` (only the batch is
+        densified)."""
+        return dense_rows(self.crow, self.col, users.to(self.crow.device),
+                          self.num_items)
+
+    def phases(self) -> List[TrainingPhase]:
+        r"""One phase, ``'diffusion'``, over user batches, stepping every
+        parameter with Adam."""
+        return [TrainingPhase('diffusion', 'users', self.loss,
+                              list(self.parameters()), lr=self.lr,
+                              weight_decay=self.weight_decay,
+                              batch_size=self.batch_size)]

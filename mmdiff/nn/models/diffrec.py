@@ -13,30 +13,28 @@ steps, SNR reweighting, importance-sampled steps, :math:`\beta_0 = 10^{-5}`).
 """
 from __future__ import annotations
 
-from typing import Callable, Dict, List, Optional, Sequence
+from typing import Callable, Dict, Optional, Sequence
 
 import torch
 from torch import Tensor
 from torch_geometric.data import HeteroData
 
-from mmdiff.data.hetero import edge_index_of, edges_to_csr, num_items, \
-    num_users
-from mmdiff.data.samplers import dense_rows
 from mmdiff.checks import (
     check_choice,
     check_float,
     check_optional_int,
     check_sizes,
 )
+from mmdiff.data.hetero import edge_index_of, num_items, num_users
 from mmdiff.nn.denoisers.mlp import DiffMMDenoiser
 from mmdiff.nn.diffusion import GaussianDiffusion, InteractionDiffusion
-from mmdiff.nn.models.base import Recommender, TrainingPhase, UserBatch
+from mmdiff.nn.models.base import RowDiffusionRecommender, UserBatch
 
 #: ``precision`` values of DiffRec (its only network is the denoiser).
 PRECISIONS = ('float32', 'bf16')
 
 
-class DiffRec(Recommender):
+class DiffRec(RowDiffusionRecommender):
     r"""DiffRec: a Gaussian diffusion over user interaction rows with an
     :math:`x_0`-predicting MLP denoiser.
 
@@ -122,10 +120,7 @@ class DiffRec(Recommender):
                                       time_dim, dropout, norm)
         else:
             denoiser = denoiser_factory(self.num_items, None)
-        csr = edges_to_csr(edge_index.cpu().long(), self.num_users,
-                           self.num_items)
-        self.register_buffer('crow', csr.crow_indices().clone())
-        self.register_buffer('col', csr.col_indices().clone())
+        self.register_interactions(edge_index)
         self.diffusion = InteractionDiffusion(
             denoiser,
             GaussianDiffusion(noise_scale, noise_min, noise_max, steps,
@@ -152,21 +147,10 @@ class DiffRec(Recommender):
             sampler.loss_history.zero_()
             sampler.count.zero_()
 
-    def rows(self, users: Tensor) -> Tensor:
-        r"""Dense ``[B, I]`` training rows of ``users``."""
-        return dense_rows(self.crow, self.col, users.to(self.crow.device),
-                          self.num_items)
-
     def loss(self, batch: UserBatch) -> Dict[str, Tensor]:
         out = self.diffusion.loss(batch.rows.to(self.crow.device,
                                                 torch.float32))
         return {'loss': out['loss'], 'elbo': out['elbo']}
-
-    def phases(self) -> List[TrainingPhase]:
-        return [TrainingPhase('diffusion', 'users', self.loss,
-                              list(self.parameters()), lr=self.lr,
-                              weight_decay=self.weight_decay,
-                              batch_size=self.batch_size)]
 
     @torch.no_grad()
     def score(self, users: Tensor) -> Tensor:

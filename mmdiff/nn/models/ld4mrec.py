@@ -14,19 +14,17 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 from torch_geometric.data import HeteroData
 
-from mmdiff.data.hetero import (
-    edge_index_of,
-    edges_to_csr,
-    get_modalities,
-    num_items,
-    num_users,
-)
 from mmdiff.checks import (
     check_choice,
     check_float,
     check_optional_int,
 )
-from mmdiff.data.samplers import dense_rows
+from mmdiff.data.hetero import (
+    edge_index_of,
+    get_modalities,
+    num_items,
+    num_users,
+)
 from mmdiff.errors import ConfigError
 from mmdiff.graph.norm import sym_norm_weights
 from mmdiff.nn.conv.modality_preference import ModalityPreference
@@ -37,7 +35,7 @@ from mmdiff.nn.diffusion import (
     ImportanceStepSampler,
     timestep_embedding,
 )
-from mmdiff.nn.models.base import Recommender, TrainingPhase, UserBatch
+from mmdiff.nn.models.base import RowDiffusionRecommender, UserBatch
 from mmdiff.nn.svd import SCALINGS, svd_user_factors
 INFERENCE_TIMES = ('input', 'first_step')
 
@@ -65,7 +63,7 @@ def soft_reconstruct(x: Tensor, prob: float, gamma: float,
     return torch.where(mask, x * (1.0 - 2.0 * gamma) + gamma, x)
 
 
-class LD4MRec(Recommender):
+class LD4MRec(RowDiffusionRecommender):
     r"""LD4MRec: one-step conditional diffusion on user interaction rows.
 
     **Conditions** (fixed, computed once from the training matrix :math:`R`):
@@ -238,9 +236,7 @@ class LD4MRec(Recommender):
 
         # --- training matrix (persistent: scoring needs the rows) ---------
         edge_index = edge_index.cpu().long()
-        csr = edges_to_csr(edge_index, self.num_users, self.num_items)
-        self.register_buffer('crow', csr.crow_indices().clone())
-        self.register_buffer('col', csr.col_indices().clone())
+        self.register_interactions(edge_index)
         # R~ values aligned with (crow, col): 1 / sqrt(|N_u| |N_i|).
         row = torch.repeat_interleave(torch.arange(self.num_users),
                                       (self.crow[1:] - self.crow[:-1]))
@@ -317,11 +313,6 @@ class LD4MRec(Recommender):
         self.step_sampler.count.zero_()
 
     # ------------------------------------------------------------------
-    def rows(self, users: Tensor) -> Tensor:
-        r"""Dense ``[B, I]`` training rows :math:`x_{in}` of ``users``."""
-        return dense_rows(self.crow, self.col, users.to(self.crow.device),
-                          self.num_items)
-
     def preferences(self, users: Tensor) -> Dict[str, Tensor]:
         r"""The Eq. 14 preferences ``{m: [B, d_m]}`` of ``users``, from the
         cache or as :math:`\tilde{R}[b] X_m` with the batch rows of
@@ -382,12 +373,6 @@ class LD4MRec(Recommender):
             step_sampler=self.step_sampler if self.importance_sampling
             else None)
         return {'loss': out['loss'], 'mse': out['mse'].mean()}
-
-    def phases(self) -> List[TrainingPhase]:
-        return [TrainingPhase('diffusion', 'users', self.loss,
-                              list(self.parameters()), lr=self.lr,
-                              weight_decay=self.weight_decay,
-                              batch_size=self.batch_size)]
 
     @torch.no_grad()
     def score(self, users: Tensor) -> Tensor:
