@@ -14,6 +14,11 @@ Example::
     python benchmarks/quality.py --models lightgcn --datasets tiktok baby \
         --seeds 0 --root ../shared/data
     python benchmarks/quality.py --report-only
+    python benchmarks/quality.py --readme-table   # README "Results so far"
+
+``tests/test_readme_results.py`` checks the README table and the prose
+numbers of that section, ``quality.md`` and ``ablation.md`` against the run
+records.
 """
 from __future__ import annotations
 
@@ -30,6 +35,8 @@ from pathlib import Path
 from typing import Dict, List, Optional
 
 import torch
+
+from mmdiff.metrics import METRIC_NAMES
 
 # torch's one-time notices about its beta sparse-CSR support are noise here
 warnings.filterwarnings('ignore', message='.*Sparse CSR tensor support.*')
@@ -75,8 +82,38 @@ PAPER = {
     ('diffrec', 'sports'): ('LD4MRec T2, DiffRec row', 0.0900, 0.0408, None),
 }
 
-METRICS = [f'{m}@{k}' for k in (10, 20) for m in ('recall', 'ndcg',
-                                                   'precision')]
+#: table columns: every metric of mmdiff.metrics.METRIC_NAMES but the hit
+#: rate, at 10 and 20
+METRICS = [f'{m}@{k}' for k in (10, 20) for m in METRIC_NAMES if m != 'hit']
+
+#: The dataset columns of the README's "Results so far" table.
+README_COLUMNS = (('tiktok', 'TikTok (image+audio)'), ('baby', 'Baby'),
+                  ('sports', 'Sports'))
+#: Header of its column of TikTok best-test-epoch numbers.
+README_BEST_TEST = 'TikTok, best test epoch'
+#: Its rows: (name, note, {dataset: model name in the run records},
+#: reference text).  The cells are means over *all* stored noise-free runs of
+#: that model and dataset (:func:`summarize`), and the label states their
+#: number (:func:`readme_label`).  Numbers in the reference text must be
+#: :data:`PAPER` or :data:`OFFICIAL_HERE` entries of the row's runs
+#: (``tests/test_readme_results.py`` checks all of it).
+README_ROWS = [
+    ('LightGCN', '',
+     {'tiktok': 'lightgcn', 'baby': 'lightgcn', 'sports': 'lightgcn'},
+     'DiffMM paper: 0.0653 / 0.0282, 0.0698 / 0.0319, 0.0782 / 0.0369'),
+    ('DiffMM', 'float32', {'tiktok': 'diffmm'},
+     'official code on this machine: 0.1070 / 0.0450 (best test epoch, '
+     'one seed); DiffMM paper (3 modalities): 0.1129 / 0.0456'),
+    ('DiffMM', 'bf16 autocast', {'tiktok': 'diffmm-bf16'}, ''),
+    ('LD4MRec', '', {'tiktok': 'ld4mrec'}, ''),
+    ('LD4MRec w/o BG', 'interactions only',
+     {'baby': 'ld4mrec-wobg', 'sports': 'ld4mrec-wobg'},
+     "DiffRec row of LD4MRec's table: 0.0774 / 0.0339, 0.0900 / 0.0408"),
+    ('DiffRec', 'control; Baby preset lr 5e-5, Sports lr 5e-4',
+     {'baby': 'diffrec', 'sports': 'diffrec-lr5e-4'},
+     'same DiffRec row: our DiffRec misses it by as much as LD4MRec w/o BG '
+     '(`ld4mrec_tuning.md`)'),
+]
 
 
 def machine() -> str:
@@ -147,36 +184,61 @@ def tag_of(model, dataset, seed, noise=0.0) -> str:
     return f'{model}-{dataset}{n}-seed{seed}'
 
 
-def report() -> None:
-    runs = [json.loads(p.read_text()) for p in sorted(RUNS.glob('*.json'))]
+def load_runs(folder: Optional[Path] = None) -> List[Dict]:
+    r"""Every run record in ``folder`` (default :data:`RUNS`), sorted by
+    file name."""
+    folder = RUNS if folder is None else Path(folder)
+    return [json.loads(p.read_text()) for p in sorted(folder.glob('*.json'))]
+
+
+def group_runs(runs: List[Dict]) -> Dict[tuple, List[Dict]]:
+    r"""``{(model, dataset, noise): [runs]}`` (all seeds of each)."""
     groups: Dict[tuple, List[Dict]] = {}
     for r in runs:
         groups.setdefault((r['model'], r['dataset'], r.get('noise', 0.0)),
                           []).append(r)
-    rows = []
-    for (model, dataset, noise), rs in sorted(groups.items()):
-        row = {'model': model, 'dataset': dataset, 'noise': noise,
-               'seeds': len(rs)}
-        for key in METRICS:
-            vals = [r['metrics'].get(f'test/{key}') for r in rs]
-            vals = [v for v in vals if v is not None]
-            row[key] = (statistics.mean(vals), statistics.pstdev(vals)) \
-                if vals else None
-        for key in ('recall@20', 'ndcg@20'):
-            vals = [r['metrics'].get(f'best_test_epoch/{key}') for r in rs]
-            vals = [v for v in vals if v is not None]
-            row[f'besttest_{key}'] = statistics.mean(vals) if vals else None
-        row['epochs'] = statistics.mean(r['metrics']['epochs_run']
+    return groups
+
+
+def summarize(rs: List[Dict]) -> Dict:
+    r"""One table row from the runs of one (model, dataset, noise): the
+    number of runs, ``(mean, population std)`` of each of :data:`METRICS`
+    (test, validation-selected epoch), the mean best-test-epoch Recall/NDCG@20
+    and the mean epochs, best epoch and seconds per epoch."""
+    row: Dict = {'seeds': len(rs)}
+    for key in METRICS:
+        vals = [r['metrics'].get(f'test/{key}') for r in rs]
+        vals = [v for v in vals if v is not None]
+        row[key] = (statistics.mean(vals), statistics.pstdev(vals)) \
+            if vals else None
+    for key in ('recall@20', 'ndcg@20'):
+        vals = [r['metrics'].get(f'best_test_epoch/{key}') for r in rs]
+        vals = [v for v in vals if v is not None]
+        row[f'besttest_{key}'] = statistics.mean(vals) if vals else None
+    row['epochs'] = statistics.mean(r['metrics']['epochs_run'] for r in rs)
+    row['best_epoch'] = statistics.mean(r['metrics']['best_epoch']
                                         for r in rs)
-        row['best_epoch'] = statistics.mean(r['metrics']['best_epoch']
-                                            for r in rs)
-        row['s_per_epoch'] = statistics.mean(r['metrics']['seconds_per_epoch']
-                                             for r in rs)
+    row['s_per_epoch'] = statistics.mean(r['metrics']['seconds_per_epoch']
+                                         for r in rs)
+    return row
+
+
+def summary_rows(runs: List[Dict]) -> List[Dict]:
+    rows = []
+    for (model, dataset, noise), rs in sorted(group_runs(runs).items()):
+        row = {'model': model, 'dataset': dataset, 'noise': noise,
+               **summarize(rs)}
         p = PAPER.get((model, dataset)) if not noise else None
         row['paper'] = p
         row['official'] = OFFICIAL_HERE.get((model, dataset)) \
             if not noise else None
         rows.append(row)
+    return rows
+
+
+def render_quality(runs: List[Dict]) -> str:
+    r"""The text of ``quality.md`` for ``runs``."""
+    rows = summary_rows(runs)
 
     def ms(v):
         return '' if v is None else f'{v[0]:.4f} ± {v[1]:.4f}'
@@ -223,8 +285,11 @@ def report() -> None:
     dates = sorted(r['date'] for r in runs)
     lines += ['', f'Machines: {"; ".join(machines)}.',
               f'Runs dated {dates[0]} to {dates[-1]}.' if dates else '']
-    (RESULTS / 'quality.md').write_text('\n'.join(lines) + '\n')
-    with open(RESULTS / 'quality.csv', 'w', newline='') as fh:
+    return '\n'.join(lines) + '\n'
+
+
+def write_quality_csv(runs: List[Dict], path: Path) -> None:
+    with open(path, 'w', newline='') as fh:
         w = csv.writer(fh)
         w.writerow(['model', 'dataset', 'noise', 'seeds'] +
                    [f'{k}_mean' for k in METRICS] +
@@ -232,7 +297,7 @@ def report() -> None:
                    ['best_test_epoch_recall@20', 'best_test_epoch_ndcg@20',
                     'paper_recall@20', 'paper_ndcg@20', 'epochs',
                     'best_epoch', 'seconds_per_epoch'])
-        for r in rows:
+        for r in summary_rows(runs):
             p = r['paper']
             w.writerow([r['model'], r['dataset'], r['noise'], r['seeds']] +
                        [r[k][0] if r[k] else '' for k in METRICS] +
@@ -240,8 +305,60 @@ def report() -> None:
                        [r['besttest_recall@20'], r['besttest_ndcg@20'],
                         p[1] if p else '', p[2] if p else '', r['epochs'],
                         r['best_epoch'], r['s_per_epoch']])
+
+
+def report() -> None:
+    runs = load_runs()
+    (RESULTS / 'quality.md').write_text(render_quality(runs))
+    write_quality_csv(runs, RESULTS / 'quality.csv')
     ablation_report(runs)
     print((RESULTS / 'quality.md').read_text())
+
+
+def readme_label(name: str, note: str, seeds: Dict[str, int]) -> str:
+    r"""``'DiffMM (float32, 7 seeds)'``; with different numbers of runs per
+    dataset ``'LightGCN (TikTok: 3 seeds; Baby, Sports: 1 seed)'``."""
+    def n_seeds(n):
+        return f"{n} seed{'s' if n != 1 else ''}"
+    titles = dict(README_COLUMNS)
+    if len(set(seeds.values())) == 1:
+        count = n_seeds(next(iter(seeds.values())))
+    else:
+        by_n: Dict[int, List[str]] = {}
+        for d, _ in README_COLUMNS:
+            if d in seeds:
+                by_n.setdefault(seeds[d], []).append(titles[d].split()[0])
+        count = '; '.join(f"{', '.join(ds)}: {n_seeds(n)}"
+                          for n, ds in by_n.items())
+    if not note:
+        return f'{name} ({count})'
+    sep = '; ' if ';' in note or ';' in count else ', '
+    return f'{name} ({note}{sep}{count})'
+
+
+def readme_table(runs: List[Dict]) -> List[str]:
+    r"""The README's "Results so far" table (Recall@20 / NDCG@20 of the
+    validation-selected epoch, means over all stored seeds) as markdown
+    lines."""
+    groups = group_runs(runs)
+    lines = ['| model | ' + ' | '.join(t for _, t in README_COLUMNS) +
+             f' | {README_BEST_TEST} | reference |',
+             '|' + '---|' * (len(README_COLUMNS) + 3)]
+    for name, note, cells, reference in README_ROWS:
+        row = {d: summarize(groups[(m, d, 0.0)]) for d, m in cells.items()}
+        seeds = {d: r['seeds'] for d, r in row.items()}
+        text = []
+        for d, _ in README_COLUMNS:
+            r = row.get(d)
+            text.append('—' if r is None else
+                        f"{r['recall@20'][0]:.4f} / {r['ndcg@20'][0]:.4f}")
+        t = row.get('tiktok')
+        best = ('—' if t is None or t['besttest_recall@20'] is None else
+                f"{t['besttest_recall@20']:.4f} / "
+                f"{t['besttest_ndcg@20']:.4f}")
+        lines.append(f'| {readme_label(name, note, seeds)} | ' +
+                     ' | '.join(text) + f' | {best} | {reference} |')
+    return lines
 
 
 def same_budget(a: Dict, b: Dict) -> bool:
@@ -401,6 +518,14 @@ def capped_notes(base: Dict, variants: List[tuple],
 
 
 def ablation_report(runs: List[Dict]) -> None:
+    text = render_ablation(runs)
+    if text is not None:
+        (RESULTS / 'ablation.md').write_text(text)
+
+
+def render_ablation(runs: List[Dict]) -> Optional[str]:
+    r"""The text of ``ablation.md`` for ``runs`` (:obj:`None` without
+    ablation runs)."""
     by = {(r['model'], r['dataset'], r['seed'], r.get('noise', 0.0)): r
           for r in runs}
     lines = ['# Ablations', '',
@@ -443,7 +568,8 @@ def ablation_report(runs: List[Dict]) -> None:
         if summary:  # before the per-seed table (its header is lines[4])
             lines[4:4] = ['## Over seeds', ''] + summary + [
                 '## Seed by seed', '']
-        (RESULTS / 'ablation.md').write_text('\n'.join(lines) + '\n')
+        return '\n'.join(lines) + '\n'
+    return None
 
 
 def ablation_summary(by: Dict[tuple, Dict]) -> List[str]:
@@ -518,7 +644,13 @@ def main(argv=None) -> int:
                     help='re-run cells that already have a stored result')
     ap.add_argument('--threads', type=int, default=None)
     ap.add_argument('--report-only', action='store_true')
+    ap.add_argument('--readme-table', action='store_true',
+                    help='print the README "Results so far" table built '
+                         'from the stored runs and exit (writes nothing)')
     args = ap.parse_args(argv)
+    if args.readme_table:
+        print('\n'.join(readme_table(load_runs())))
+        return 0
     if args.threads:
         torch.set_num_threads(args.threads)
     RUNS.mkdir(parents=True, exist_ok=True)

@@ -3,11 +3,9 @@ r"""Shared fixtures, and two session-wide rules:
 * **An isolated dataset cache.**  ``MMDIFF_CACHE_DIR`` (the default
   ``cache_dir`` of :mod:`mmdiff.data.datasets`) points to a temporary folder
   for the whole session, in ``os.environ`` so that subprocesses (``mmdiff``
-  command lines) inherit it; it is removed at the end.  A test that takes a
-  fixture named ``cache_home`` checks the *default* placement of the cache
-  (``root/processed`` or ``$XDG_CACHE_HOME``), so the variable is unset for it;
-  for such tests the read-only folder below counts as read-only whatever its
-  permission bits say.
+  command lines) inherit it; it is removed at the end.  Tests of the
+  *default* placement of the cache unset it themselves (``cache_home`` in
+  ``tests/data/test_datasets.py``) and use folders of their own.
 * **The shared data stay untouched.**  :data:`READ_ONLY_DIR` (``../shared/
   data``, or ``$MMDIFF_TEST_READONLY_DIR``) is listed (paths, sizes, modes,
   modification and change times) when the session starts; after every test the
@@ -154,22 +152,6 @@ def _read_only_data_guard(request):
                     f"which tests must leave untouched (the dataset cache "
                     f"belongs in ${CACHE_ENV}): " + '; '.join(changes[:10]),
                     pytrace=False)
-
-
-@pytest.fixture(autouse=True)
-def _dataset_cache_env(request, monkeypatch):
-    r"""Unsets ``MMDIFF_CACHE_DIR`` for tests that take ``cache_home`` (they
-    check the default cache placement) and keeps :data:`READ_ONLY_DIR`
-    read-only for them whatever its permission bits."""
-    if 'cache_home' in request.fixturenames:
-        from mmdiff.data import datasets
-        monkeypatch.delenv(CACHE_ENV, raising=False)
-        is_writable = datasets._is_writable
-
-        def guarded(folder):
-            return not _inside(folder, READ_ONLY_DIR) and is_writable(folder)
-        monkeypatch.setattr(datasets, '_is_writable', guarded)
-    yield
 
 
 def tiny_data(num_users=40, num_items=30, per_user=6, modalities=None,

@@ -34,7 +34,7 @@ from mmdiff.data.hetero import (
 from mmdiff.data.samplers import TripletSampler, UserRowSampler
 from mmdiff.checks import check_int
 from mmdiff.errors import CheckpointError, ConfigError, TrainingError
-from mmdiff.metrics import check_ks, full_ranking_metrics
+from mmdiff.metrics import METRIC_NAMES, check_ks, full_ranking_metrics
 from mmdiff.nn.models.base import Recommender
 from mmdiff.train.checkpoint import (
     FORMAT,
@@ -141,8 +141,7 @@ class Trainer:
         self.patience = check_int('patience', patience, 0)
         self.eval_chunk = check_int('eval_chunk', eval_chunk, 1)
         self.ks = check_ks(ks, num_items(data))
-        computed = {f'{m}@{k}' for m in ('recall', 'ndcg', 'precision',
-                                         'hit') for k in self.ks}
+        computed = {f'{m}@{k}' for m in METRIC_NAMES for k in self.ks}
         if not isinstance(monitor, str) or monitor not in computed:
             raise ConfigError(f"monitor {monitor!r} is not one of the "
                               f"computed metrics (ks={self.ks})")
