@@ -471,7 +471,7 @@ def seed_table(runs: List[Dict]) -> List[str]:
                     '`rebuild_k=5` instead of 1: the `Params.py` of the '
                     'official code as stored in our reference index '
                     '(HKUDS/DiffMM, commits 1337447 and 685ca3a) defaults '
-                    'to `--rebuild_k 5`, while ALGORITHMS.md (§2.9) and '
+                    'to `--rebuild_k 5`, while docs/algorithms.md (§2.9) and '
                     'the DiffMM-derived repositories we found have 1. The '
                     'README command line does not set it, so which one the '
                     'official run here used depends on the checkout; this '

@@ -5,6 +5,7 @@ from typing import Dict, Type
 from mmdiff.errors import ConfigError
 from mmdiff.nn.models.base import (
     Recommender,
+    RowDiffusionRecommender,
     TrainingPhase,
     TripletBatch,
     UserBatch,
@@ -39,6 +40,6 @@ def get_model_class(name: str) -> Type[Recommender]:
     return MODELS[key]
 
 
-__all__ = ['Recommender', 'TrainingPhase', 'TripletBatch', 'UserBatch',
+__all__ = ['Recommender', 'RowDiffusionRecommender', 'TrainingPhase', 'TripletBatch', 'UserBatch',
            'MF', 'LightGCN', 'DiffMM', 'DiffRec', 'LD4MRec', 'MODELS',
            'register_model', 'get_model_class']
