@@ -14,6 +14,7 @@ r"""Shared fixtures, and two session-wide rules:
   compared once more at its end, and the run fails if anything changed.
 """
 import os
+import pickle
 import shutil
 import stat
 import tempfile
@@ -23,6 +24,7 @@ from typing import Dict, List, Tuple
 
 import numpy as np
 import pytest
+import scipy.sparse as sp
 import torch
 
 from mmdiff.data.hetero import make_interaction_data
@@ -189,3 +191,21 @@ def one_thread():
     torch.set_num_threads(1)
     yield
     torch.set_num_threads(n)
+
+
+def write_diffmm_folder(folder, seed=0, feats=True):
+    r"""A tiny dataset in the DiffMM layout (20 users, 15 items; image and
+    text features unless ``feats=False``)."""
+    folder.mkdir(parents=True, exist_ok=True)
+    rng = np.random.default_rng(seed)
+    dense = rng.random((20, 15)) < 0.3
+    dense[:, 0] = True
+    labels = rng.integers(0, 3, dense.shape)
+    labels[:, 0] = 0
+    for name, k in (('trnMat.pkl', 0), ('valMat.pkl', 1), ('tstMat.pkl', 2)):
+        m = sp.coo_matrix((dense & (labels == k)).astype(np.float64))
+        (folder / name).write_bytes(pickle.dumps(m, protocol=3))
+    if feats:
+        np.save(folder / 'image_feat.npy', rng.random((15, 4), np.float32))
+        np.save(folder / 'text_feat.npy', rng.random((15, 3), np.float32))
+    return folder

@@ -8,36 +8,24 @@ r"""The dataset cache never lands in a shared data folder during tests.
   here on a scratch folder in a nested pytest run.
 """
 import os
-import pickle
 import re
 import subprocess
 import sys
 import textwrap
 from pathlib import Path
 
-import numpy as np
-import scipy.sparse as sp
 
-from conftest import CACHE_ENV, READ_ONLY_DIR, SHARED_DATA, listing, \
-    requires_shared
+from conftest import (
+    CACHE_ENV,
+    READ_ONLY_DIR,
+    SHARED_DATA,
+    listing,
+    requires_shared,
+    write_diffmm_folder,
+)
 from mmdiff.data.datasets import TikTok, env_cache_dir, get_dataset
 
 REPO = Path(__file__).resolve().parents[1]
-
-
-def write_raw(folder: Path, seed: int = 0) -> Path:
-    r"""A tiny dataset in the DiffMM layout (20 users, 15 items)."""
-    folder.mkdir(parents=True, exist_ok=True)
-    rng = np.random.default_rng(seed)
-    dense = rng.random((20, 15)) < 0.3
-    dense[:, 0] = True
-    labels = rng.integers(0, 3, dense.shape)
-    labels[:, 0] = 0
-    for name, k in (('trnMat.pkl', 0), ('valMat.pkl', 1), ('tstMat.pkl', 2)):
-        m = sp.coo_matrix((dense & (labels == k)).astype(np.float64))
-        (folder / name).write_bytes(pickle.dumps(m, protocol=3))
-    np.save(folder / 'image_feat.npy', rng.random((15, 4), np.float32))
-    return folder
 
 
 def test_session_sets_an_isolated_cache_dir():
@@ -58,7 +46,7 @@ def test_session_sets_an_isolated_cache_dir():
 
 def test_env_cache_dir_keeps_a_writable_root_untouched(tmp_path,
                                                        monkeypatch):
-    root = write_raw(tmp_path / 'tiktok')
+    root = write_diffmm_folder(tmp_path / 'tiktok')
     before = listing(root)
     monkeypatch.setenv(CACHE_ENV, str(tmp_path / 'env-cache'))
     dataset = TikTok(root)
@@ -132,7 +120,7 @@ def test_d_session_cache():
 
 def test_guard_fails_a_run_that_writes_into_shared_data(tmp_path):
     shared = tmp_path / 'shared'
-    write_raw(shared / 'tiktok')
+    write_diffmm_folder(shared / 'tiktok')
     (tmp_path / 'inner').mkdir()
     (tmp_path / 'inner' / 'pytest.ini').write_text('[pytest]\n')
     (tmp_path / 'inner' / 'test_inner.py').write_text(

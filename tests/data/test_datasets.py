@@ -1,13 +1,11 @@
 import os
-import pickle
 import stat
 from pathlib import Path
 
-import numpy as np
 import pytest
-import scipy.sparse as sp
 import torch
 
+from conftest import write_diffmm_folder
 from mmdiff.data import datasets as ds
 from mmdiff.data.datasets import (
     AmazonBaby,
@@ -21,22 +19,6 @@ from mmdiff.errors import ConfigError, DataError, MissingFileError
 DATA = Path(__file__).resolve().parents[2].parent / 'shared' / 'data'
 
 
-def _write_raw(folder, seed=0, feats=True):
-    folder.mkdir(parents=True, exist_ok=True)
-    rng = np.random.default_rng(seed)
-    dense = rng.random((20, 15)) < 0.3
-    dense[:, 0] = True
-    labels = rng.integers(0, 3, dense.shape)
-    labels[:, 0] = 0
-    for name, k in (('trnMat.pkl', 0), ('valMat.pkl', 1), ('tstMat.pkl', 2)):
-        m = sp.coo_matrix((dense & (labels == k)).astype(np.float64))
-        (folder / name).write_bytes(pickle.dumps(m, protocol=3))
-    if feats:
-        np.save(folder / 'image_feat.npy', rng.random((15, 4), np.float32))
-        np.save(folder / 'text_feat.npy', rng.random((15, 3), np.float32))
-    return folder
-
-
 @pytest.fixture
 def cache_home(tmp_path, monkeypatch):
     r"""The default cache placement: no MMDIFF_CACHE_DIR (the session sets
@@ -48,7 +30,7 @@ def cache_home(tmp_path, monkeypatch):
 
 
 def test_dataset_protocol_and_cache(tmp_path, cache_home, monkeypatch):
-    root = _write_raw(tmp_path / 'tiktok')
+    root = write_diffmm_folder(tmp_path / 'tiktok')
     dataset = TikTok(root)
     assert len(dataset) == 1 and dataset[0] is dataset.data
     with pytest.raises(IndexError):
@@ -79,7 +61,7 @@ def test_dataset_protocol_and_cache(tmp_path, cache_home, monkeypatch):
     monkeypatch.undo()
 
     # Changing a raw file invalidates the cache.
-    _write_raw(root, seed=1)
+    write_diffmm_folder(root, seed=1)
     st = (root / 'trnMat.pkl').stat()
     os.utime(root / 'trnMat.pkl', ns=(st.st_atime_ns,
                                       st.st_mtime_ns + 10**9))
@@ -94,7 +76,7 @@ def test_dataset_protocol_and_cache(tmp_path, cache_home, monkeypatch):
 
 def test_raw_subfolder_and_read_only_root(tmp_path, cache_home):
     root = tmp_path / 'baby'
-    _write_raw(root / 'raw', feats=False)
+    write_diffmm_folder(root / 'raw', feats=False)
     os.chmod(root, stat.S_IRUSR | stat.S_IXUSR | stat.S_IRGRP |
              stat.S_IXGRP)
     try:
@@ -129,7 +111,7 @@ def test_get_dataset(tmp_path, cache_home):
     assert summary(synthetic)['users'] == 1000
     assert modality_names(get_dataset('synthetic',
                                       modalities=['text'])) == ['text']
-    _write_raw(tmp_path / 'tiktok')
+    write_diffmm_folder(tmp_path / 'tiktok')
     data = get_dataset('tiktok', root=tmp_path, modalities='image')
     assert modality_names(data) == ['image']
     by_path = get_dataset(str(tmp_path / 'tiktok'))

@@ -6,11 +6,6 @@ checkpoint."""
 from __future__ import annotations
 
 import math
-import os
-import signal
-import subprocess
-import sys
-import time
 from pathlib import Path
 
 import pytest
@@ -31,38 +26,12 @@ ARGS = ['train', '--model', 'lightgcn', '--dataset',
         '--device', 'cpu', '--set', 'embedding_dim=8', '--quiet']
 
 
-from run_helpers import _cli, _history, _metrics, _one_thread  # noqa: F401,E501
+from run_helpers import _cli, _history, _metrics, _one_thread, run_and_kill  # noqa: F401,E501
 
 
 def test_sigkill_mid_training_then_resume_matches_uninterrupted(tmp_path):
     killed = tmp_path / 'killed'
-    env = dict(os.environ, OMP_NUM_THREADS='1', MKL_NUM_THREADS='1',
-               PYTHONWARNINGS='ignore')
-    proc = subprocess.Popen(
-        [sys.executable, '-m', 'mmdiff.cli', *ARGS, '--out', str(killed)],
-        cwd=ROOT, env=env, stdout=subprocess.DEVNULL,
-        stderr=subprocess.PIPE)
-    seen = -1
-    try:
-        deadline = time.monotonic() + 180
-        while time.monotonic() < deadline and proc.poll() is None:
-            if (killed / 'checkpoint.pt').exists():
-                # never a partial file: the checkpoint is replaced atomically
-                seen = load_checkpoint(killed)['epoch']
-                if seen >= 1:
-                    break
-            time.sleep(0.02)
-        assert proc.poll() is None, (
-            f"the run ended before it could be killed: "
-            f"{proc.stderr.read().decode()[-2000:]}")
-        proc.send_signal(signal.SIGKILL)
-        proc.wait(timeout=60)
-    finally:
-        if proc.poll() is None:
-            proc.kill()
-            proc.wait()
-        proc.stderr.close()
-    assert proc.returncode == -signal.SIGKILL
+    seen = run_and_kill(ARGS, killed, ROOT)
     assert seen >= 1
     # the run was interrupted mid-way: no final outputs, a usable checkpoint
     assert not (killed / 'metrics.json').exists()

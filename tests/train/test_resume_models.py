@@ -12,11 +12,6 @@ killed with SIGKILL (or continued if the checkpoint is still epoch 0).
 """
 from __future__ import annotations
 
-import os
-import signal
-import subprocess
-import sys
-import time
 from pathlib import Path
 
 import pytest
@@ -38,7 +33,7 @@ def _args(model):
             '--quiet']
 
 
-from run_helpers import _cli, _history, _metrics, _one_thread  # noqa: F401,E501
+from run_helpers import _cli, _history, _metrics, _one_thread, run_and_kill  # noqa: F401,E501
 
 
 def _same(a, b, where='') -> None:
@@ -59,46 +54,11 @@ def _same(a, b, where='') -> None:
         assert a == b, where
 
 
-def _run_and_kill(model: str, out: Path) -> int:
-    env = dict(os.environ, OMP_NUM_THREADS='1', MKL_NUM_THREADS='1',
-               PYTHONWARNINGS='ignore')
-    proc = subprocess.Popen(
-        [sys.executable, '-m', 'mmdiff.cli', *_args(model), '--out',
-         str(out)],
-        cwd=ROOT, env=env, stdout=subprocess.DEVNULL,
-        stderr=subprocess.PIPE)
-    ckpt = out / 'checkpoint.pt'
-    seen = -1
-    try:
-        deadline = time.monotonic() + 180
-        while time.monotonic() < deadline and proc.poll() is None:
-            if ckpt.exists():
-                proc.send_signal(signal.SIGSTOP)  # freeze, then look
-                # never a partial file: the checkpoint is replaced atomically
-                seen = load_checkpoint(out)['epoch']
-                if seen >= 1:
-                    break
-                proc.send_signal(signal.SIGCONT)
-            time.sleep(0.005)
-        assert proc.poll() is None, (
-            f"the run ended before it could be killed: "
-            f"{proc.stderr.read().decode()[-2000:]}")
-        proc.send_signal(signal.SIGKILL)
-        proc.wait(timeout=60)
-    finally:
-        if proc.poll() is None:
-            proc.kill()
-            proc.wait()
-        proc.stderr.close()
-    assert proc.returncode == -signal.SIGKILL
-    return seen
-
-
 @pytest.mark.parametrize('model', ['diffmm', 'ld4mrec', 'diffrec'])
 def test_sigkill_then_resume_matches_uninterrupted(model, tmp_path):
     epochs = EPOCHS[model]
     killed = tmp_path / 'killed'
-    seen = _run_and_kill(model, killed)
+    seen = run_and_kill(_args(model), killed, ROOT)
     assert seen >= 1
     # interrupted mid-way: no final outputs, a usable checkpoint
     assert not (killed / 'metrics.json').exists()
