@@ -89,8 +89,8 @@ class NormalizedPropagation(MessagePassing):
 
 
 class MultiModalAggregation(NormalizedPropagation):
-    r"""DiffMM's multi-modal graph aggregation (docs/algorithms.md §2.4) over the
-    main user-item graph :math:`G` and one generated graph :math:`G_m` per
+    r"""DiffMM's multi-modal graph aggregation (docs/algorithms.md §2.4) over
+    the main user-item graph :math:`G` and one generated graph :math:`G_m` per
     modality :math:`m \in \mathcal{M}`.
 
     With :math:`\bar{F}_m` the row-normalised item features of modality

@@ -1,5 +1,5 @@
-r"""LD4MRec's conditional reverse network C-Net and its blocks (docs/algorithms.md
-§4.5; paper Eqs. 16-22).
+r"""LD4MRec's conditional reverse network C-Net and its blocks
+(docs/algorithms.md §4.5; paper Eqs. 16-22).
 
 .. code-block:: text
 
@@ -177,8 +177,10 @@ class BGBlock(nn.Module):
             raise ConfigError(f"unknown bg_mode {mode!r}; expected one of "
                               f"{BG_MODES}")
         self.in_dim, self.hidden_dim, self.mode = in_dim, hidden_dim, mode
-        out_gamma = hidden_dim if mode == 'channel' else hidden_dim * hidden_dim
-        self.mlp_gamma = nn.Sequential(nn.Linear(in_dim, hidden_dim), nn.ReLU(),
+        out_gamma = hidden_dim if mode == 'channel' \
+            else hidden_dim * hidden_dim
+        self.mlp_gamma = nn.Sequential(nn.Linear(in_dim, hidden_dim),
+                                       nn.ReLU(),
                                        nn.Linear(hidden_dim, out_gamma))
         self.mlp_beta = nn.Sequential(nn.Linear(in_dim, hidden_dim), nn.ReLU(),
                                       nn.Linear(hidden_dim, hidden_dim))
@@ -294,11 +296,12 @@ class CNet(nn.Module):
         self.negative_slope = negative_slope
         self.dropout = nn.Dropout(dropout)
 
-        self.lin_in = nn.Linear(num_items if use_bd else num_items + hidden_dim,
+        self.lin_in = nn.Linear(num_items if use_bd
+                                else num_items + hidden_dim,
                                 hidden_dim)
         self.bd_blocks = nn.ModuleList(
-            BDBlock(hidden_dim, svd_dim, hidden_dim, time_concat) if use_bd else
-            MLPBlock(hidden_dim, hidden_dim) for _ in range(num_blocks))
+            BDBlock(hidden_dim, svd_dim, hidden_dim, time_concat) if use_bd
+            else MLPBlock(hidden_dim, hidden_dim) for _ in range(num_blocks))
         self.bg_blocks = nn.ModuleList(
             nn.ModuleDict({m: BGBlock(d, hidden_dim, bg_mode)
                            for m, d in self.modality_dims.items()})

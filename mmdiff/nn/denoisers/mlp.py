@@ -43,7 +43,8 @@ class DiffMMDenoiser(torch.nn.Module):
 
     where :math:`\mathrm{n}` is the optional row L2-normalisation (``norm``)
     and the input dropout :math:`\mathrm{drop}_p` is active only in training
-    mode (the reverse process runs the denoiser in evaluation mode).  Every weight is initialised
+    mode (the reverse process runs the denoiser in evaluation mode).  Every
+    weight is initialised
     :math:`\mathcal{N}(0, \sqrt{2/(\text{fan}_{in}+\text{fan}_{out})})`,
     every bias :math:`\mathcal{N}(0, 0.001)` (the DiffRec init).
 

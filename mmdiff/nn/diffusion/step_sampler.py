@@ -87,7 +87,8 @@ class ImportanceStepSampler(torch.nn.Module):
         # Shift old entries left by n_new (FIFO) then append the new values.
         idx = torch.arange(K, device=t.device).view(1, -1) + n_new.view(-1, 1)
         shifted = torch.where(idx < K,
-                              self.loss_history.gather(1, idx.clamp(max=K - 1)),
+                              self.loss_history.gather(
+                                  1, idx.clamp(max=K - 1)),
                               torch.zeros_like(self.loss_history))
         self.loss_history.copy_(shifted)
         self.loss_history[t_s, K - n_new[t_s] + rank] = l_s

@@ -40,6 +40,7 @@ def get_model_class(name: str) -> Type[Recommender]:
     return MODELS[key]
 
 
-__all__ = ['Recommender', 'RowDiffusionRecommender', 'TrainingPhase', 'TripletBatch', 'UserBatch',
+__all__ = ['Recommender', 'RowDiffusionRecommender', 'TrainingPhase',
+           'TripletBatch', 'UserBatch',
            'MF', 'LightGCN', 'DiffMM', 'DiffRec', 'LD4MRec', 'MODELS',
            'register_model', 'get_model_class']

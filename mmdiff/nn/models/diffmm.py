@@ -542,8 +542,8 @@ class DiffMM(Recommender):
 
     @torch.no_grad()
     def regenerate_graphs(self) -> Dict[str, float]:
-        r"""Rebuilds every :math:`G_m` (docs/algorithms.md §2.6) and applies the
-        epoch's edge dropout.  Returns the fraction of generated edges that
+        r"""Rebuilds every :math:`G_m` (docs/algorithms.md §2.6) and applies
+        the epoch's edge dropout.  Returns the fraction of generated edges that
         are training interactions (a diagnostic, averaged over
         modalities)."""
         if not self.use_modal_graphs:
