@@ -15,7 +15,7 @@ if [ "${1:-}" = "test" ]; then
   $VPIP install setuptools wheel
   .venv/bin/python -c "import torch_scatter, torch_sparse" 2>/dev/null || \
     $VPIP install --no-build-isolation torch-scatter torch-sparse
-  $VPIP install -e ".[test,fast,plot]"
+  $VPIP install -e ".[test,fast,plot,docs,text]"
 else
   $VPIP install -e .
 fi
