@@ -33,6 +33,7 @@ from mmdiff.graph import (
 from mmdiff.nn.denoisers.base import denoiser_capabilities
 from mmdiff.nn.diffusion._fused import LinearOutputLoss, fused_denoise
 from mmdiff.nn.diffusion.gaussian import GaussianDiffusion
+from mmdiff.nn.diffusion.step_sampler import ImportanceStepSampler
 
 
 def _autocast(enabled: bool, device: torch.device):
@@ -124,7 +125,6 @@ class InteractionDiffusion(torch.nn.Module):
         self.sampling_steps = sampling_steps
         self.sampling_noise = bool(sampling_noise)
         self.autocast_bf16 = bool(autocast_bf16)
-        from mmdiff.nn.diffusion.step_sampler import ImportanceStepSampler
         self.step_sampler = ImportanceStepSampler(diffusion.steps) \
             if importance_sampling else None
         # Test oracle only: False forces the plain computation.
