@@ -45,6 +45,64 @@ def _positive_int(s: str) -> int:
     return v
 
 
+_IMPORT_HELP = ('import this module before resolving the model (repeatable; '
+                'a module name found from the current folder, or a path to '
+                'a .py file), e.g. one whose import registers your model '
+                'with mmdiff.nn.models.register_model')
+
+
+def import_modules(modules: Optional[List[str]]) -> List[str]:
+    r"""Imports each of ``modules`` (``--import``): a dotted module name,
+    looked up with the current folder first on ``sys.path`` (as ``python
+    -m`` does), or a path to a ``.py`` file.  Returns the list to store in
+    the run configuration (file paths made absolute), so that ``evaluate``,
+    ``recommend`` and ``--resume`` import them again.  A module that cannot
+    be imported raises :class:`~mmdiff.errors.ConfigError`."""
+    import importlib
+    import importlib.util
+    import os
+    from mmdiff.errors import ConfigError
+    stored = []
+    for name in modules or []:
+        name = str(name)
+        try:
+            if name.endswith('.py') or os.sep in name or \
+                    (os.altsep and os.altsep in name):
+                path = Path(name).expanduser().resolve()
+                if not path.is_file():
+                    raise ConfigError(f"--import {name}: no such file "
+                                      f"{path}")
+                mod_name = f"mmdiff_user_{path.stem}"
+                if mod_name not in sys.modules:
+                    spec = importlib.util.spec_from_file_location(mod_name,
+                                                                  path)
+                    module = importlib.util.module_from_spec(spec)
+                    sys.modules[mod_name] = module
+                    try:
+                        spec.loader.exec_module(module)
+                    except BaseException:
+                        del sys.modules[mod_name]
+                        raise
+                stored.append(str(path))
+            else:
+                cwd = os.getcwd()
+                added = cwd not in sys.path
+                if added:
+                    sys.path.insert(0, cwd)
+                try:
+                    importlib.import_module(name)
+                finally:
+                    if added:
+                        sys.path.remove(cwd)
+                stored.append(name)
+        except ConfigError:
+            raise
+        except Exception as e:
+            raise ConfigError(f"--import {name}: cannot import it "
+                              f"({type(e).__name__}: {e})") from None
+    return stored
+
+
 #: The ``synthetic:`` spec shown in ``mmdiff train --help``.
 SYNTHETIC_SPEC_HELP = ('synthetic:users=N,items=M[,seed=S,per_user=X,'
                        'modalities=image:64+text:32]')
@@ -120,6 +178,8 @@ def build_parser() -> argparse.ArgumentParser:
     t.add_argument('--threads', type=_positive_int, default=None,
                    help='CPU threads for torch (default: torch\'s choice; '
                         'on small shared VMs 1 is often fastest)')
+    t.add_argument('--import', dest='imports', action='append', default=[],
+                   metavar='MODULE', help=_IMPORT_HELP)
 
     e = sub.add_parser('evaluate', help='evaluate a saved run')
     e.add_argument('checkpoint', help='run folder or checkpoint file')
@@ -129,6 +189,9 @@ def build_parser() -> argparse.ArgumentParser:
     e.add_argument('--device', default='auto')
     e.add_argument('--cpu-fallback', action='store_true',
                    help='use the CPU when CUDA is requested but missing')
+    e.add_argument('--import', dest='imports', action='append', default=[],
+                   metavar='MODULE', help=_IMPORT_HELP + ' (the modules of '
+                   'the run are imported anyway)')
 
     r = sub.add_parser('recommend', help='top-k items for some users')
     r.add_argument('checkpoint', help='run folder or checkpoint file')
@@ -138,6 +201,9 @@ def build_parser() -> argparse.ArgumentParser:
     r.add_argument('--device', default='auto')
     r.add_argument('--cpu-fallback', action='store_true',
                    help='use the CPU when CUDA is requested but missing')
+    r.add_argument('--import', dest='imports', action='append', default=[],
+                   metavar='MODULE', help=_IMPORT_HELP + ' (the modules of '
+                   'the run are imported anyway)')
 
     d = sub.add_parser('data', help='dataset utilities')
     dsub = d.add_subparsers(dest='data_command', required=True)
@@ -155,6 +221,8 @@ def build_parser() -> argparse.ArgumentParser:
     m.add_argument('--threads', type=_positive_int, default=1,
                    help='CPU threads (default 1: the demo models are tiny '
                         'and extra threads only add synchronisation)')
+    m.add_argument('--import', dest='imports', action='append', default=[],
+                   metavar='MODULE', help=_IMPORT_HELP)
     return p
 
 
@@ -177,7 +245,7 @@ def run_config(args) -> Dict[str, Any]:
 
 
 def format_table(rows: List[Dict[str, Any]], columns: List[str]) -> str:
-    widths = {c: max(len(c), *(len(_fmt(r.get(c))) for r in rows))
+    widths = {c: max([len(c)] + [len(_fmt(r.get(c))) for r in rows])
               for c in columns}
     lines = ['  '.join(c.ljust(widths[c]) for c in columns),
              '  '.join('-' * widths[c] for c in columns)]
@@ -193,11 +261,21 @@ def _fmt(v) -> str:
     return '' if v is None else str(v)
 
 
-def metrics_table(metrics: Dict[str, float], ks=(10, 20)) -> str:
+def metrics_table(metrics: Dict[str, float], ks=None) -> str:
     r"""One row per split of every metric of
     :data:`mmdiff.metrics.METRIC_NAMES` at the cut-offs ``ks`` that
-    ``metrics`` holds (``'test/recall@20'``...)."""
+    ``metrics`` holds (``'test/recall@20'``...; default: every cut-off it
+    holds)."""
     from mmdiff.metrics import METRIC_NAMES
+    if ks is None:
+        found = set()
+        for key in metrics:
+            name = key.rpartition('/')[2]
+            m, at, k = name.partition('@')
+            if at and m in METRIC_NAMES and k.isdigit() and \
+                    key.split('/')[0] in ('val', 'test'):
+                found.add(int(k))
+        ks = sorted(found)
     names = [f'{m}@{k}' for k in ks for m in METRIC_NAMES]
     rows = []
     for split in ('val', 'test'):
@@ -234,6 +312,8 @@ def cmd_train(args) -> int:
             raise CheckpointError(f"{args.resume}: the checkpoint holds no "
                                   f"run configuration; it cannot be resumed "
                                   f"from the command line")
+        imports = import_modules(list(c.get('imports') or [])
+                                 + list(args.imports))
         if args.model is not None and \
                 get_model_class(args.model).name != c['model']:
             raise CheckpointError(f"{args.resume} holds a run of model "
@@ -246,8 +326,9 @@ def cmd_train(args) -> int:
             seed=c['seed'], device=args.device, cfg=c['hparams'],
             out=args.resume, resume=True, progress=args.progress,
             log=None if args.quiet else print,
-            cpu_fallback=args.cpu_fallback)
+            cpu_fallback=args.cpu_fallback, imports=imports or None)
     else:
+        imports = import_modules(args.imports)
         cfg = run_config(args)
         result, model, data = train_run(
             args.model or DEFAULT_MODEL, args.dataset or DEFAULT_DATASET,
@@ -255,7 +336,7 @@ def cmd_train(args) -> int:
             modalities=args.modalities, noise=args.noise, seed=args.seed,
             device=args.device, cfg=cfg, out=args.out,
             progress=args.progress, log=None if args.quiet else print,
-            cpu_fallback=args.cpu_fallback)
+            cpu_fallback=args.cpu_fallback, imports=imports or None)
     m = result.metrics_dict()
     print(f"\nbest epoch {result.best_epoch} (validation-selected), "
           f"{result.epochs_run} epochs, "
@@ -270,7 +351,7 @@ def cmd_train(args) -> int:
 
 
 def _rebuild(checkpoint: str, root: Optional[str], device: str,
-             cpu_fallback: bool = False):
+             cpu_fallback: bool = False, imports: Optional[List[str]] = None):
     import torch
     from mmdiff.nn.models import get_model_class
     from mmdiff.train.checkpoint import load_checkpoint
@@ -287,6 +368,7 @@ def _rebuild(checkpoint: str, root: Optional[str], device: str,
         raise CheckpointError(f"{path}: the checkpoint holds no run "
                               f"configuration (model, dataset); it cannot "
                               f"be rebuilt from the command line")
+    import_modules(list(c.get('imports') or []) + list(imports or []))
     if ckpt.get('model_name') not in (None, '') and \
             ckpt['model_name'] != c['model']:
         raise CheckpointError(f"{path}: the weights belong to model "
@@ -319,7 +401,28 @@ def _rebuild(checkpoint: str, root: Optional[str], device: str,
                               f"{c['model']!r}: {state_dict_mismatch(e)}") \
             from None
     model.to(dev).eval()
+    _attach_id_maps(data, c, root)
     return model, data, dev
+
+
+def _attach_id_maps(data, c: Dict[str, Any], root: Optional[str]) -> None:
+    r"""Gives the data of a named dataset (read from its processed cache,
+    which keeps no id maps) the original ids of its folder's MMRec id-map
+    files, if it has them."""
+    from mmdiff.data.datasets import DATASETS
+    from mmdiff.data.hetero import num_items, num_users
+    from mmdiff.data.readers import id_maps, read_id_maps, set_id_maps
+    if any(m is not None for m in id_maps(data)):
+        return
+    name, base = str(c.get('dataset', '')).lower(), root or c.get('root')
+    if name not in DATASETS or base is None:
+        return
+    for folder in (Path(base) / name / 'raw', Path(base) / name):
+        if folder.is_dir():
+            maps = read_id_maps(folder, num_users(data), num_items(data))
+            if any(m is not None for m in maps):
+                set_id_maps(data, *maps)
+                return
 
 
 def cmd_evaluate(args) -> int:
@@ -327,7 +430,7 @@ def cmd_evaluate(args) -> int:
     from mmdiff.metrics import full_ranking_metrics
     import torch
     model, data, dev = _rebuild(args.checkpoint, args.root, args.device,
-                                args.cpu_fallback)
+                                args.cpu_fallback, args.imports)
     with torch.no_grad():
         model.prepare_scoring()
         m = full_ranking_metrics(model.score, edge_index_of(data, args.split),
@@ -341,10 +444,11 @@ def cmd_evaluate(args) -> int:
 def cmd_recommend(args) -> int:
     import torch
     from mmdiff.data.hetero import edge_index_of, num_items, num_users
+    from mmdiff.data.readers import id_maps
     from mmdiff.errors import DataError
     from mmdiff.metrics import recommend_topk
     model, data, dev = _rebuild(args.checkpoint, args.root, args.device,
-                                args.cpu_fallback)
+                                args.cpu_fallback, args.imports)
     U = num_users(data)
     bad = [u for u in args.users if u < 0 or u >= U]
     if bad:
@@ -356,9 +460,35 @@ def cmd_recommend(args) -> int:
                                        num_items(data),
                                        train=edge_index_of(data, 'train'),
                                        num_users=U, device=dev)
-    for u, its, sc in zip(args.users, items.tolist(), scores.tolist()):
-        print(f"user {u}: " + ' '.join(str(i) for i in its))
+    print(format_recommendations(args.users, items.tolist(), scores.tolist(),
+                                 *id_maps(data)))
     return 0
+
+
+def format_recommendations(users, items, scores, user_ids=None,
+                           item_ids=None) -> str:
+    r"""Per user a line ``user U: i1 i2 ...`` (mmdiff's item indices; the
+    user's original id in brackets, ``user U [id]:``, when the data carries
+    id maps), then a table of rank, item, original item id (if known) and
+    score."""
+    blocks = []
+    for u, its, sc in zip(users, items, scores):
+        who = f"user {u}" + (f" [{user_ids[u]}]" if user_ids is not None
+                             and user_ids[u] is not None else '')
+        lines = [f"{who}: " + ' '.join(str(i) for i in its)]
+        rows = []
+        for rank, (i, s) in enumerate(zip(its, sc), 1):
+            row = {'rank': rank, 'item': i, 'score': f'{s:.4f}'}
+            if item_ids is not None:
+                row['original id'] = '' if item_ids[i] is None \
+                    else str(item_ids[i])
+            rows.append(row)
+        cols = ['rank', 'item'] + (['original id'] if item_ids is not None
+                                   else []) + ['score']
+        lines += ['    ' + ln.rstrip()
+                  for ln in format_table(rows, cols).splitlines()]
+        blocks.append('\n'.join(lines))
+    return '\n'.join(blocks)
 
 
 def cmd_data(args) -> int:
@@ -371,13 +501,15 @@ def cmd_data(args) -> int:
 def cmd_demo(args) -> int:
     from mmdiff.nn.models import MODELS, get_model_class
     _set_threads(args.threads)
+    imports = import_modules(args.imports)
     rows = []
     for name in args.models or list(MODELS):
         get_model_class(name)
         out = str(Path(args.out) / name) if args.out else None
         print(f"training {name} on the synthetic data ...", flush=True)
         result, _, _ = train_run(name, 'synthetic', seed=args.seed,
-                                 device=args.device, out=out)
+                                 device=args.device, out=out,
+                                 imports=imports or None)
         m = result.metrics_dict()
         row = {'model': name, 'best_epoch': result.best_epoch,
                's/epoch': result.seconds_per_epoch}

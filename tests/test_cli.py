@@ -92,7 +92,7 @@ def test_train_evaluate_recommend_round_trip(tmp_path, capsys):
 
     # recommend: k distinct unseen items per user
     out = _run(capsys, 'recommend', run, '--users', '0', '5', '9', '-k', '7')
-    lines = out.strip().splitlines()
+    lines = [ln for ln in out.strip().splitlines() if ln.startswith('user')]
     assert [ln.split(':')[0] for ln in lines] == ['user 0', 'user 5',
                                                   'user 9']
     data = get_dataset('synthetic')
@@ -114,7 +114,10 @@ def test_recommend_and_evaluate_accept_checkpoint_files(tmp_path, capsys):
     b = _run(capsys, 'evaluate', run)
     assert _table(a) == _table(b)
     out = _run(capsys, 'recommend', run / 'checkpoint.pt', '--users', '3')
-    assert out.startswith('user 3: ') and len(out.split(':')[1].split()) == 10
+    first = out.splitlines()[0]
+    assert first.startswith('user 3: ')
+    assert len(first.split(':')[1].split()) == 10
+    assert 'score' in out.splitlines()[1]
 
 
 def test_data_info(tmp_path, capsys):

@@ -116,7 +116,7 @@ class InteractionDataset:
             this folder instead of ``root/processed``; nothing is then
             written under ``root``.  (default: the environment variable
             ``MMDIFF_CACHE_DIR`` if set, else ``root/processed`` if
-            writable, else :func:`user_cache_dir`)
+            writable, else ``user_cache_dir()``)
         force_reload (bool): Re-read the raw files even if a valid cache
             exists. (default: :obj:`False`)
     """
@@ -361,7 +361,7 @@ def get_dataset(name_or_path: PathLike, root: Optional[PathLike] = None,
       make_synthetic` with its defaults.
     * ``'synthetic:key=value,...'``: a generated dataset with other sizes,
       e.g. ``'synthetic:users=200,items=150'`` (see
-      :func:`parse_synthetic_spec`); usable as ``mmdiff train --dataset``.
+      ``parse_synthetic_spec``); usable as ``mmdiff train --dataset``.
     * anything else: a dataset folder in either layout
       (:func:`~mmdiff.data.readers.load_folder`).
 

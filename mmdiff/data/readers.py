@@ -300,10 +300,16 @@ def detect_layout(path: PathLike) -> str:
 
 
 def load_folder(path: PathLike, modalities: Modalities = None) -> HeteroData:
-    r"""Reads a dataset folder in either layout (see :func:`detect_layout`)."""
+    r"""Reads a dataset folder in either layout (see :func:`detect_layout`),
+    with the original ids of its MMRec id maps (``read_id_maps``) if it
+    has them."""
+    from mmdiff.data.hetero import num_items, num_users
     if detect_layout(path) == 'diffmm':
-        return read_diffmm_folder(path, modalities=modalities)
-    return read_mmrec_folder(path, modalities=modalities)
+        data = read_diffmm_folder(path, modalities=modalities)
+    else:
+        data = read_mmrec_folder(path, modalities=modalities)
+    return set_id_maps(data, *read_id_maps(path, num_users(data),
+                                           num_items(data)))
 
 
 # Splitting ##################################################################
@@ -418,8 +424,9 @@ def _factorize(values: np.ndarray, what: str) -> Tuple[np.ndarray,
     return codes.reshape(-1).astype(np.int64), uniques
 
 
-def _feature_matrix(name: str, value: object, item_ids: np.ndarray
-                    ) -> np.ndarray:
+def _as_table(name: str, value: object) -> object:
+    r"""A keyed feature table as a :class:`pandas.DataFrame` (a mapping or
+    a Series becomes one); arrays and tensors are returned as arrays."""
     import pandas as pd
 
     if isinstance(value, Mapping):
@@ -434,11 +441,32 @@ def _feature_matrix(name: str, value: object, item_ids: np.ndarray
         if not value.index.is_unique:
             raise DataError(f"modality '{name}': the feature table has "
                             f"duplicate item ids in its index")
+        if value.index.hasnans:
+            raise DataError(f"modality '{name}': the feature table has a "
+                            f"missing (NaN/None) item id in its index")
+        return value
+    if isinstance(value, Tensor):
+        value = value.detach().cpu().numpy()
+    if isinstance(value, np.ndarray):
+        return value
+    raise DataError(f"modality '{name}': expected a DataFrame or mapping "
+                    f"keyed by item id, or an array aligned to the sorted "
+                    f"item ids, got {type(value).__name__}")
+
+
+def _feature_matrix(name: str, value: object, item_ids: np.ndarray,
+                    cold: int = 0) -> np.ndarray:
+    import pandas as pd
+
+    if isinstance(value, pd.DataFrame):
         found = pd.Index(item_ids).isin(value.index)
         if not found.all():
             miss = item_ids[~found]
             raise DataError(f"modality '{name}': {miss.size} item(s) that "
-                            f"have interactions have no feature row, e.g. "
+                            f"have interactions"
+                            + (" or features of another modality" if cold
+                               else "")
+                            + f" have no feature row, e.g. "
                             f"{list(miss[:5])}")
         frame = value.loc[item_ids]
         if not all(np.issubdtype(t, np.number) for t in frame.dtypes):
@@ -446,18 +474,169 @@ def _feature_matrix(name: str, value: object, item_ids: np.ndarray
             raise DataError(f"modality '{name}': feature columns must be "
                             f"numeric, got dtypes {kinds}")
         return np.array(frame.to_numpy())  # writable copy
-    if isinstance(value, Tensor):
-        value = value.detach().cpu().numpy()
-    if isinstance(value, np.ndarray):
-        if value.ndim >= 1 and value.shape[0] != item_ids.size:
-            raise DataError(f"modality '{name}': {value.shape[0]} feature rows"
-                            f" but {item_ids.size} distinct items in the "
-                            f"interactions (an array must have one row per "
-                            f"item, in sorted item-id order)")
-        return value if value.flags.writeable else np.array(value)
-    raise DataError(f"modality '{name}': expected a DataFrame or mapping "
-                    f"keyed by item id, or an array aligned to the sorted "
-                    f"item ids, got {type(value).__name__}")
+    if value.ndim >= 1 and value.shape[0] != item_ids.size:
+        where = (f"{item_ids.size} items ({item_ids.size - cold} with "
+                 f"interactions and {cold} cold items that only have "
+                 f"features in a keyed table)" if cold else
+                 f"{item_ids.size} distinct items in the interactions")
+        raise DataError(f"modality '{name}': {value.shape[0]} feature rows"
+                        f" but {where} (an array must have one row per "
+                        f"item, in sorted item-id order)")
+    return value if value.flags.writeable else np.array(value)
+
+
+def _item_universe(items: np.ndarray, tables: Mapping[str, object],
+                   cold_items: bool) -> Tuple[np.ndarray, np.ndarray, int]:
+    r"""``(codes, item_ids, num_cold)``: the item ids of the interactions,
+    plus (with ``cold_items``) those of every keyed feature table, sorted;
+    ``codes`` maps each interaction to its item's index."""
+    import pandas as pd
+
+    codes, item_ids = _factorize(items, 'item')
+    if not cold_items:
+        return codes, item_ids, 0
+    extra = [t.index.to_numpy() for t in tables.values()
+             if isinstance(t, pd.DataFrame)]
+    if not extra:
+        return codes, item_ids, 0
+    known = pd.Index(item_ids)
+    new = [e[~pd.Index(e).isin(known)] for e in extra]
+    new = [e for e in new if e.size]
+    if not new:
+        return codes, item_ids, 0
+    try:
+        universe = np.unique(np.concatenate([item_ids] + new))
+    except TypeError as e:
+        raise DataError(f"item ids of the feature tables and of the "
+                        f"interactions must be mutually comparable (e.g. "
+                        f"all strings or all integers): {e}") from e
+    pos = np.searchsorted(universe, item_ids)
+    return pos[codes], universe, int(universe.size - item_ids.size)
+
+
+#: Name of the MMRec id-map files, ``<kind>`` is ``u`` or ``i``:
+#: tab-separated, a header, the original id in one column and the index
+#: (``userID`` / ``itemID``) in the other.
+ID_MAP_FILES = {'user': 'u_id_mapping.csv', 'item': 'i_id_mapping.csv'}
+_ID_COLUMNS = {'user': 'userID', 'item': 'itemID'}
+
+
+def set_id_maps(data: HeteroData, user_ids: Optional[Sequence] = None,
+                item_ids: Optional[Sequence] = None) -> HeteroData:
+    r"""Stores the original ids: ``data['user'].ids[u]`` is the original id
+    of user ``u`` (a 1-D NumPy array), likewise ``data['item'].ids``.
+    Entries may be :obj:`None` (no original id known)."""
+    from mmdiff.data.hetero import num_items, num_users
+    for kind, ids, n in (('user', user_ids, num_users(data)),
+                         ('item', item_ids, num_items(data))):
+        if ids is None:
+            continue
+        ids = np.asarray(ids)
+        if ids.shape != (n,):
+            raise DataError(f"{kind} id map: {ids.shape[0] if ids.ndim else 0}"
+                            f" ids for {n} {kind}s")
+        data[kind].ids = ids
+    return data
+
+
+def id_maps(data: HeteroData) -> Tuple[Optional[np.ndarray],
+                                       Optional[np.ndarray]]:
+    r"""``(user_ids, item_ids)``: the original ids the data carries
+    (:func:`from_dataframe`, or the MMRec id-map files of a folder), or
+    :obj:`None` for each kind without a map."""
+    out = []
+    for kind in ('user', 'item'):
+        ids = getattr(data[kind], 'ids', None) if 'ids' in data[kind] \
+            else None
+        out.append(ids if isinstance(ids, np.ndarray) else None)
+    return out[0], out[1]
+
+
+def read_id_maps(path: PathLike, num_users: Optional[int] = None,
+                 num_items: Optional[int] = None
+                 ) -> Tuple[Optional[np.ndarray], Optional[np.ndarray]]:
+    r"""Reads the MMRec id maps ``u_id_mapping.csv`` / ``i_id_mapping.csv``
+    of a folder (tab-separated; columns ``userID`` / ``itemID`` plus the
+    original id, e.g. ``user_id`` / ``asin``), as ``(user_ids, item_ids)``
+    arrays of strings indexed by mmdiff's ids (:obj:`None` where a file is
+    absent; ids a map does not name are :obj:`None`).  Ids out of
+    ``[0, num)`` or repeated raise :class:`~mmdiff.errors.DataError`."""
+    import pandas as pd
+
+    folder = _as_folder(path)
+    out = []
+    for kind, n in (('user', num_users), ('item', num_items)):
+        file = folder / ID_MAP_FILES[kind]
+        if not file.is_file():
+            out.append(None)
+            continue
+        col = _ID_COLUMNS[kind]
+        try:
+            table = pd.read_csv(file, sep='\t', dtype=str,
+                                keep_default_na=False)
+        except Exception as e:
+            raise DataError(f"{file}: cannot parse as a tab-separated table "
+                            f"({type(e).__name__}: {e})") from e
+        others = [c for c in table.columns if c != col]
+        if col not in table.columns or len(others) != 1:
+            raise DataError(f"{file}: expected two tab-separated columns, "
+                            f"{col!r} and the original id; found "
+                            f"{list(table.columns)}")
+        index = _integer_column(pd.to_numeric(table[col], errors='coerce')
+                                .to_numpy(), col, file)
+        size = n if n is not None else (int(index.max()) + 1
+                                        if index.size else 0)
+        if index.size and (index.min() < 0 or index.max() >= size):
+            raise DataError(f"{file}: {col} must be in [0, {size - 1}], "
+                            f"found {int(index.min())}..{int(index.max())}")
+        if np.unique(index).size != index.size:
+            raise DataError(f"{file}: repeated {col} values")
+        ids = np.full(size, None, dtype=object)
+        ids[index] = table[others[0]].to_numpy()
+        out.append(ids)
+    return out[0], out[1]
+
+
+def write_folder(data: HeteroData, path: PathLike, name: str = 'data'
+                 ) -> Path:
+    r"""Writes ``data`` as an MMRec-layout folder that :func:`load_folder`
+    and ``mmdiff train --dataset PATH`` read back unchanged:
+    ``<name>.inter`` (``userID``, ``itemID``, ``x_label``), one
+    ``<modality>_feat.npy`` per modality (``float32``, so items without
+    interactions keep their features), and, if the data carries original
+    ids (``id_maps``), ``u_id_mapping.csv`` / ``i_id_mapping.csv``.
+    Returns the folder."""
+    import pandas as pd
+    from mmdiff.data.hetero import edge_index_of, get_modalities, num_items
+    from mmdiff.data.hetero import num_users as _num_users
+
+    folder = Path(path).expanduser()
+    folder.mkdir(parents=True, exist_ok=True)
+    frames = []
+    for label, split in enumerate(('train', 'val', 'test')):
+        e = edge_index_of(data, split).cpu().numpy()
+        frames.append(pd.DataFrame({'userID': e[0], 'itemID': e[1],
+                                    'x_label': label}))
+    inter = pd.concat(frames, ignore_index=True)
+    mods = get_modalities(data)
+    U, I = _num_users(data), num_items(data)
+    users_seen = int(inter['userID'].max()) + 1 if len(inter) else 0
+    items_seen = int(inter['itemID'].max()) + 1 if len(inter) else 0
+    if users_seen < U or (items_seen < I and not mods):
+        raise DataError(f"cannot write {folder}: the MMRec layout infers the "
+                        f"number of users (items) from the largest id, but "
+                        f"the last {U - users_seen} user(s) / "
+                        f"{I - items_seen} item(s) have no interactions"
+                        + ('' if mods else ' and there are no features'))
+    inter.to_csv(folder / f'{name}.inter', sep='\t', index=False)
+    for m, x in mods.items():
+        np.save(folder / f'{m}{FEATURE_SUFFIX}', x.cpu().numpy())
+    for kind, ids in zip(('user', 'item'), id_maps(data)):
+        if ids is not None:
+            pd.DataFrame({f'{kind}_id': ids,
+                          _ID_COLUMNS[kind]: np.arange(ids.size)}).to_csv(
+                folder / ID_MAP_FILES[kind], sep='\t', index=False)
+    return folder
 
 
 def from_dataframe(
@@ -472,13 +651,18 @@ def from_dataframe(
     seed: int = 0,
     split: str = 'random',
     return_mappings: bool = False,
+    cold_items: bool = True,
 ) -> Union[HeteroData, Tuple[HeteroData, np.ndarray, np.ndarray]]:
     r"""Builds the canonical data from a table of interactions.
 
     User and item ids may be anything sortable (integers, strings); they are
     remapped to ``0..U-1`` and ``0..I-1`` in sorted order of the distinct ids
-    that occur in ``df``.  Repeated (user, item) pairs are kept once (the
-    earliest if ``time_col`` is given) with a warning.  The interactions are
+    that occur in ``df`` (and, with ``cold_items``, in the index of a keyed
+    feature table).  The original ids are kept on the data
+    (``data['user'].ids``, ``data['item'].ids``; ``id_maps``), so
+    ``write_folder`` and ``mmdiff recommend`` can show them.  Repeated
+    (user, item) pairs are kept once (the earliest if ``time_col`` is
+    given) with a warning.  The interactions are
     split per user by :func:`split_per_user`: at random (``split='random'``,
     MMRec's protocol) or by time (``split='time'``, needs ``time_col``; the
     latest interactions go to test).
@@ -487,10 +671,11 @@ def from_dataframe(
         df (pandas.DataFrame): One row per interaction.
         features (dict, optional): ``{modality: table}`` where ``table`` is a
             :class:`pandas.DataFrame` (or a ``{item_id: vector}`` mapping)
-            indexed by the **original** item ids — rows of items without
-            interactions are ignored, an interacting item without a row
-            raises — or an array / tensor of shape ``[I, dim]`` whose row
-            ``i`` belongs to the ``i``-th smallest distinct item id.
+            indexed by the **original** item ids — an interacting item
+            without a row raises; rows of items without interactions are
+            kept as cold-start items (see ``cold_items``) — or an array /
+            tensor of shape ``[I, dim]`` whose row ``i`` belongs to the
+            ``i``-th smallest distinct item id.
         user_col (str): Column of user ids. (default: ``'user'``)
         item_col (str): Column of item ids. (default: ``'item'``)
         time_col (str, optional): Column of timestamps.
@@ -501,6 +686,12 @@ def from_dataframe(
         return_mappings (bool): Also return the original ids: ``(data,
             user_ids, item_ids)`` with ``user_ids[u]`` the original id of
             user ``u``. (default: :obj:`False`)
+        cold_items (bool): Keep the items that have a row in a keyed
+            feature table but no interaction: they get their features and
+            no edges, so a model that reads features can score (and
+            recommend) them.  With :obj:`False` those rows are ignored.
+            Every keyed table must then have a row for every item.
+            (default: :obj:`True`)
     """
     import pandas as pd
 
@@ -532,15 +723,19 @@ def from_dataframe(
         table = table[~dup.to_numpy()]
 
     users, user_ids = _factorize(table[user_col].to_numpy(), 'user')
-    items, item_ids = _factorize(table[item_col].to_numpy(), 'item')
+    tables = {name: _as_table(name, value)
+              for name, value in (features or {}).items()}
+    items, item_ids, cold = _item_universe(table[item_col].to_numpy(),
+                                           tables, cold_items)
     times = table[time_col].to_numpy() if split == 'time' else None
     labels = split_per_user(users, val_ratio, test_ratio, seed=seed,
                             times=times)
     splits = {s: np.stack([users[labels == k], items[labels == k]])
               for k, s in enumerate(('train', 'val', 'test'))}
-    feats = {name: _feature_matrix(name, value, item_ids)
-             for name, value in (features or {}).items()}
+    feats = {name: _feature_matrix(name, value, item_ids, cold)
+             for name, value in tables.items()}
     data = _build(user_ids.size, item_ids.size, splits, feats, {})
+    set_id_maps(data, user_ids, item_ids)
     if return_mappings:
         return data, user_ids, item_ids
     return data
@@ -549,5 +744,6 @@ def from_dataframe(
 __all__: List[str] = [
     'DIFFMM_FILES', 'FEATURE_SUFFIX', 'MMREC_COLUMNS', 'feature_files',
     'read_diffmm_folder', 'read_mmrec_folder', 'detect_layout', 'load_folder',
-    'split_per_user', 'from_dataframe',
+    'split_per_user', 'from_dataframe', 'ID_MAP_FILES', 'id_maps',
+    'set_id_maps', 'read_id_maps', 'write_folder',
 ]

@@ -99,7 +99,7 @@ def split_config(cfg: Dict[str, Any], model_cls=None
     With ``model_cls`` (a :class:`~mmdiff.nn.models.Recommender` class),
     the model's aliases are translated first (an alias, which can only come
     from a user's override of a preset, wins over the preset's name), and
-    the keys of :data:`SHARED_KEYS` the model accepts go to both sides."""
+    the keys of ``SHARED_KEYS`` the model accepts go to both sides."""
     if model_cls is not None:
         cfg = model_cls.canonical_hparams(cfg, prefer_alias=True)
     trainer = {k: v for k, v in cfg.items() if k in TRAINER_KEYS}

@@ -41,10 +41,15 @@ def train_run(model_name: str, dataset: str, *, root=None, modalities=None,
               noise: float = 0.0, seed: int = 0, device: str = 'auto',
               cfg: Optional[Dict[str, Any]] = None, out: Optional[str] = None,
               resume: bool = False, progress: bool = False,
-              log=None, data=None, cpu_fallback: bool = False):
+              log=None, data=None, cpu_fallback: bool = False,
+              imports: Optional[List[str]] = None):
     r"""The code path shared by ``mmdiff train`` and the benchmarks: build
     data and model from names and a config, fit, return the
-    :class:`~mmdiff.train.FitResult` (and write ``out`` if given)."""
+    :class:`~mmdiff.train.FitResult` (and write ``out`` if given).
+
+    ``imports`` (the modules of ``mmdiff train --import``, already
+    imported) is stored in the run configuration, so that ``mmdiff
+    evaluate`` / ``recommend`` / ``--resume`` import them again."""
     from mmdiff.nn.models import get_model_class
     from mmdiff.train import Trainer
     from mmdiff.train.config import split_config, preset
@@ -69,6 +74,8 @@ def train_run(model_name: str, dataset: str, *, root=None, modalities=None,
               'root': str(Path(root).resolve()) if root else None,
               'modalities': list(modalities) if modalities else None,
               'noise': noise, 'seed': seed, 'hparams': cfg}
+    if imports:
+        config['imports'] = list(imports)
     trainer = Trainer(model, data, device=str(dev), seed=seed, out_dir=out,
                       resume=resume, progress=progress, log=log,
                       config=config, **trainer_kw)

@@ -293,7 +293,8 @@ def test_from_dataframe_string_ids():
     feats = pd.DataFrame(np.arange(10.0).reshape(5, 2),
                          index=['z', 'y', 'x', 'w', 'unused'])
     data, users, items = from_dataframe(df, {'text': feats},
-                                        return_mappings=True)
+                                        return_mappings=True,
+                                        cold_items=False)
     assert users.tolist() == ['amy', 'bob', 'cat']
     assert items.tolist() == ['w', 'x', 'y', 'z']
     assert data['user'].num_nodes == 3 and data['item'].num_nodes == 4
@@ -305,7 +306,7 @@ def test_from_dataframe_string_ids():
     assert pairs == set(zip(df.user, df.item))
 
     as_dict = {k: v for k, v in zip(feats.index, feats.to_numpy())}
-    data2 = from_dataframe(df, {'text': as_dict})
+    data2 = from_dataframe(df, {'text': as_dict}, cold_items=False)
     assert torch.equal(data2['item'].text, data['item'].text)
     data3 = from_dataframe(df, {'text': expected})
     assert torch.equal(data3['item'].text, data['item'].text)

@@ -56,7 +56,7 @@ class ModalityPreference(MessagePassing):
     The graph is bipartite in PyG's source-to-target convention: **items are
     the sources and users the targets**.  It can be given as
 
-    * a ``[2, E]`` :obj:`edge_index` with item ids in row 0 and user ids in
+    * a ``[2, E]`` ``edge_index`` with item ids in row 0 and user ids in
       row 1, plus the required ``size=(num_items, num_users)`` (use
       :func:`~mmdiff.graph.user_item_to_item_user` or
       :meth:`forward_user_item` for the (user, item) layout of
@@ -66,7 +66,7 @@ class ModalityPreference(MessagePassing):
     * a :class:`torch_geometric.EdgeIndex` of the same layout with
       ``sparse_size=(num_items, num_users)``; sorted by column it takes the
       fused sparse-matrix product (:obj:`SUPPORTS_FUSED_EDGE_INDEX`);
-    * the *transposed* adjacency :obj:`adj_t` of shape ``[num_users,
+    * the *transposed* adjacency ``adj_t`` of shape ``[num_users,
       num_items]`` (rows = users) as a :obj:`torch.sparse` CSR/COO/CSC tensor
       or a :class:`torch_sparse.SparseTensor`, multiplied by
       :func:`torch_geometric.utils.spmm`.  A pre-normalised
@@ -75,7 +75,7 @@ class ModalityPreference(MessagePassing):
 
     Args:
         normalize (bool, optional): If :obj:`False`, the edge weights (or the
-            values of :obj:`adj_t`) are used as they are, so a pre-normalised
+            values of ``adj_t``) are used as they are, so a pre-normalised
             :math:`\tilde{R}` can be passed.  (default: :obj:`True`)
         cached (bool, optional): If :obj:`True`, the normalised graph of the
             first call is cached and reused by every later call (a fixed
@@ -160,7 +160,7 @@ class ModalityPreference(MessagePassing):
             edge_index (Tensor, EdgeIndex or sparse): The item-to-user graph
                 (see the class docstring).
             size ((int, int), optional): ``(I, U)``; required for a plain
-                :obj:`edge_index`.
+                ``edge_index``.
             edge_weight (Tensor, optional): ``[E]`` edge weights (default:
                 ones).
         """

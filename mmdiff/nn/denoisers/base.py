@@ -81,7 +81,7 @@ class Denoiser(Protocol):
 def denoiser_capabilities(denoiser: torch.nn.Module) -> FrozenSet[str]:
     r"""The capabilities ``denoiser`` declares and still honours: those
     of the nearest class that declares :attr:`denoiser_capabilities`, and
-    none if a subclass below it overrides :meth:`forward` or one of the
+    none if a subclass below it overrides ``forward`` or one of the
     methods the capabilities describe."""
     declared = getattr(denoiser, 'denoiser_capabilities', None)
     if not declared:

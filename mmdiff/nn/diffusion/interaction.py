@@ -400,12 +400,13 @@ def regenerate_graph(diffusion: InteractionDiffusion, csr_or_sampler,
         generator (torch.Generator, optional): Randomness of the dropout.
 
     Returns:
-        ``(edge_index [2, E], edge_weight [E])`` — the entries
-        ``(row, col)`` of the matrix :math:`\hat{G}` (``out = G @ x``), on
-        the denoiser's device; before dropout
-        :math:`E = 2Uk + (U + I)` with self-loops.  Pass them through
-        :func:`mmdiff.nn.conv.multimodal_aggregation.matrix_to_adj` to
-        propagate.
+        ``(edge_index [2, E], edge_weight [E])`` in the source-to-target
+        convention of :mod:`mmdiff.graph` (``out = G @ x`` with
+        :math:`G_{ij}` the weight of the edge :math:`j \to i`), on the
+        denoiser's device; before dropout :math:`E = 2Uk + (U + I)` with
+        self-loops.  Pass them straight to the layers of
+        :mod:`mmdiff.nn.conv`, or through :func:`mmdiff.graph.to_adj` for
+        a faster layout.
     """
     edges = generate_topk_edges(diffusion, csr_or_sampler, num_users,
                                 num_items, k, batch_size, exclude_observed)

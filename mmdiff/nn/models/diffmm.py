@@ -143,7 +143,7 @@ class DiffMM(Recommender):
 
     Parameters (docs/algorithms.md §2.2): ID embeddings :math:`E_U, E_I`
     (Xavier-uniform), one feature transform per modality
-    (:class:`FeatureTransform`), modality weights :math:`\omega` (init
+    (``FeatureTransform``), modality weights :math:`\omega` (init
     :math:`1/|M|`, used as :math:`\mathrm{softmax}(\omega)`), and one
     denoiser per modality (default :class:`~mmdiff.nn.denoisers.
     DiffMMDenoiser`; any module meeting :class:`~mmdiff.nn.denoisers.
@@ -186,7 +186,7 @@ class DiffMM(Recommender):
     :math:`\mathcal{L}_{cl}`; ``use_msi=False`` drops
     :math:`\mathcal{L}_{msi}`.
 
-    Regenerated graphs (a :class:`~mmdiff.graph.store.GraphStore`) are
+    Regenerated graphs (a ``GraphStore``) are
     saved by :meth:`get_extra_state` as plain tensors
     (``torch.load(weights_only=True)`` works).  The model follows the
     device of its parameters and never densifies the :math:`U \times I`
@@ -212,7 +212,9 @@ class DiffMM(Recommender):
             data, denoiser_factory=lambda num_items, modality:
             MyDenoiser(num_items))
 
-    Args (defaults = the official code, docs/algorithms.md §2.9):
+    The defaults are those of the official code (docs/algorithms.md §2.9).
+
+    Args:
         embedding_dim (int): :math:`d` (official: ``latdim``).
         num_layers (int): :math:`L` main-graph layers (``gnn_layer``).
         reg (float): L2 weight :math:`\lambda_{reg}`.
@@ -224,10 +226,10 @@ class DiffMM(Recommender):
         time_dim (int): Step-embedding size (``d_emb_size``).
         norm (bool): Row-normalise the denoiser input.
         dropout (float): Input dropout of the denoisers.
-        steps, noise_scale, noise_min, noise_max: The schedule (§2.6);
-            beta_fixed (float): :math:`\beta_0` overwrite (D3).
-        sampling_steps (int), sampling_noise (bool): Reverse-process start
-            and noise at regeneration.
+        steps, noise_scale, noise_min, noise_max: The schedule (§2.6).
+        beta_fixed (float): :math:`\beta_0` overwrite (D3).
+        sampling_steps (int): Reverse-process start at regeneration.
+        sampling_noise (bool): Noise in the reverse process at regeneration.
         rebuild_k (int): Generated items per user (docs/algorithms.md
             §2.9 on the choice of 1).
         msi_weight (float): :math:`\lambda_{msi}` (``e_loss``).
@@ -659,7 +661,7 @@ class DiffMM(Recommender):
     # Checkpoints ----------------------------------------------------------
     def get_extra_state(self) -> Dict[str, Tensor]:
         r"""The regenerated graphs as a flat dict of tensors
-        (:meth:`~mmdiff.graph.store.GraphStore.state`)."""
+        (``GraphStore.state``)."""
         return self.graphs.state()
 
     def set_extra_state(self, state) -> None:

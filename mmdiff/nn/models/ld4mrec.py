@@ -152,7 +152,7 @@ class LD4MRec(RowDiffusionRecommender):
         svd_seed (int): Seed of the randomised SVD.
         precompute_preferences (bool, optional): Keep :math:`\tilde{R} X_m`
             for all users in memory (:obj:`None`: only when it has at most
-            :data:`PRECOMPUTE_LIMIT` floats); otherwise it is computed per
+            ``PRECOMPUTE_LIMIT`` floats); otherwise it is computed per
             batch from the batch rows of :math:`\tilde{R}`.
         inference_time (str): :math:`\mathbf{t}_f` of the one-step
             inference.  ``'input'`` (default) is Eq. 20 as written,
