@@ -18,6 +18,8 @@ from mmdiff.graph.adjacency import (
     user_item_to_item_user,
 )
 from mmdiff.graph.dropout import dropout_normalized_edges
+from mmdiff.graph.knn import (degree_sensitive_prune, knn_graph,
+                               normalize_knn_graph)
 from mmdiff.graph.norm import inv_sqrt_degree, sym_norm_weights
 from mmdiff.graph.regenerate import regenerate_topk_graph
 
@@ -36,4 +38,5 @@ __all__ = [
     'inv_sqrt_degree',
     'sym_norm_weights',
     'regenerate_topk_graph',
+    'knn_graph', 'normalize_knn_graph', 'degree_sensitive_prune',
 ]
