@@ -28,6 +28,8 @@ pytest.importorskip('myst_parser', reason='the docs extra is not installed')
 pytest.importorskip('furo', reason='the docs extra is not installed')
 
 ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT / 'docs' / '_ext'))
+from mmdiff_sphinx import _lookup as lookup  # noqa: E402  (the build's own)
 
 PACKAGES = ['mmdiff.nn', 'mmdiff.nn.conv', 'mmdiff.nn.diffusion',
             'mmdiff.nn.denoisers', 'mmdiff.nn.models', 'mmdiff.data',
@@ -65,21 +67,6 @@ def read_inventory(path: Path) -> dict:
         if m:
             entries.setdefault(m.group(1), (m.group(2), m.group(4)))
     return entries
-
-
-def lookup(path: str):
-    parts = path.split('.')
-    for i in range(len(parts), 0, -1):
-        try:
-            obj = importlib.import_module('.'.join(parts[:i]))
-        except ImportError:
-            continue
-        for attr in parts[i:]:
-            obj = getattr(obj, attr, None)
-            if obj is None:
-                return None
-        return obj
-    return None
 
 
 @pytest.fixture(scope='module')
