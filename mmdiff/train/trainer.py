@@ -19,7 +19,7 @@ import time
 import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable, Dict, List, Optional, Sequence
+from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple
 
 import torch
 from torch import Tensor
@@ -35,7 +35,7 @@ from mmdiff.data.samplers import TripletSampler, UserRowSampler
 from mmdiff.checks import check_int
 from mmdiff.errors import CheckpointError, ConfigError, TrainingError
 from mmdiff.metrics import METRIC_NAMES, check_ks, full_ranking_metrics
-from mmdiff.nn.models.base import Recommender
+from mmdiff.nn.models.base import Recommender, TrainingPhase
 from mmdiff.train.checkpoint import (
     FORMAT,
     atomic_save,
@@ -292,6 +292,48 @@ class Trainer:
             torch.cuda.set_rng_state_all(ckpt['rng_cuda'])
         self.generator.set_state(ckpt['rng_sampler'])
 
+    def _run_phase(self, epoch: int, phase: TrainingPhase,
+                   opt: torch.optim.Optimizer
+                   ) -> Tuple[Dict[str, float], int]:
+        r"""One pass of ``phase`` over its mini-batches: loss, backward,
+        step.  Returns the summed logged losses and the number of
+        batches."""
+        from tqdm.auto import tqdm
+
+        sums: Dict[str, float] = {}
+        n = 0
+        sampler = self._sampler(phase)
+        for batch in tqdm(sampler, desc=phase.name, leave=False,
+                          disable=not self.progress):
+            batch = batch.to(self.device)
+            out = phase.loss(batch)
+            values = {k: float(v.detach()) for k, v in out.items()}
+            bad = [k for k, v in values.items()
+                   if not math.isfinite(v)]
+            if bad:
+                # name the culprit term rather than the total
+                terms = [k for k in bad if k != 'loss'] or bad
+                k = terms[0]
+                also = [t for t in bad if t != k]
+                raise TrainingError(
+                    f"epoch {epoch}: the '{k}' loss of phase "
+                    f"'{phase.name}' is {values[k]} (non-finite"
+                    + (f"; also non-finite: {', '.join(also)}"
+                       if also else '')
+                    + "); training stopped"
+                    + (f", last good checkpoint kept in "
+                       f"{self.out_dir}" if self.out_dir else ''))
+            for k, v in values.items():
+                sums[k] = sums.get(k, 0.0) + v
+            opt.zero_grad(set_to_none=True)
+            out['loss'].backward()
+            if self.max_grad_norm:
+                torch.nn.utils.clip_grad_norm_(phase.parameters,
+                                               self.max_grad_norm)
+            opt.step()
+            n += 1
+        return sums, n
+
     # ------------------------------------------------------------------
     def fit(self) -> FitResult:
         r"""Trains, selects the best validation epoch and evaluates it."""
@@ -332,55 +374,29 @@ class Trainer:
             row: Dict[str, Any] = {'epoch': epoch}
             for phase, opt in zip(self.phases, self.optimizers):
                 t0 = time.perf_counter()
-                sums: Dict[str, float] = {}
-                n = 0
-                sampler = self._sampler(phase)
-                for batch in tqdm(sampler, desc=phase.name, leave=False,
-                                  disable=not self.progress):
-                    batch = batch.to(self.device)
-                    out = phase.loss(batch)
-                    values = {k: float(v.detach()) for k, v in out.items()}
-                    bad = [k for k, v in values.items()
-                           if not math.isfinite(v)]
-                    if bad:
-                        # name the culprit term rather than the total
-                        terms = [k for k in bad if k != 'loss'] or bad
-                        k = terms[0]
-                        also = [t for t in bad if t != k]
-                        raise TrainingError(
-                            f"epoch {epoch}: the '{k}' loss of phase "
-                            f"'{phase.name}' is {values[k]} (non-finite"
-                            + (f"; also non-finite: {', '.join(also)}"
-                               if also else '')
-                            + "); training stopped"
-                            + (f", last good checkpoint kept in "
-                               f"{self.out_dir}" if self.out_dir else ''))
-                    for k, v in values.items():
-                        sums[k] = sums.get(k, 0.0) + v
-                    opt.zero_grad(set_to_none=True)
-                    out['loss'].backward()
-                    if self.max_grad_norm:
-                        torch.nn.utils.clip_grad_norm_(phase.parameters,
-                                                       self.max_grad_norm)
-                    opt.step()
-                    n += 1
+                # 'phase/<name>' labels the phase for torch.profiler
+                # (benchmarks/profile_diffmm.py); free without a profiler
+                with torch.profiler.record_function(f'phase/{phase.name}'):
+                    sums, n = self._run_phase(epoch, phase, opt)
                 for k, v in sums.items():
                     row[f'{phase.name}/{k}'] = v / max(n, 1)
                 t1 = time.perf_counter()
                 row[f'time/{phase.name}'] = t1 - t0
                 if phase.after is not None:
-                    with torch.no_grad():
+                    after = phase.after_name or f'{phase.name}_after'
+                    with torch.no_grad(), \
+                            torch.profiler.record_function(f'phase/{after}'):
                         extra = phase.after() or {}
                     row.update({f'{phase.name}/{k}': v
                                 for k, v in extra.items()})
-                    after = phase.after_name or f'{phase.name}_after'
                     row[f'time/{after}'] = time.perf_counter() - t1
             row['time/train'] = time.perf_counter() - t_epoch
             last = epoch == self.epochs - 1
             if (epoch + 1) % self.eval_every == 0 or last:
                 t0 = time.perf_counter()
                 if has_val:
-                    val = self.evaluate('val')
+                    with torch.profiler.record_function('phase/eval'):
+                        val = self.evaluate('val')
                     row.update({f'val/{k}': v for k, v in val.items()})
                     score = val[self.monitor]
                 row['time/eval'] = time.perf_counter() - t0
