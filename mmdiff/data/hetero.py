@@ -21,7 +21,7 @@ Layout (everything is a tensor, so ``data.to(device)`` moves it all):
 from __future__ import annotations
 
 import warnings
-from typing import Dict, List, Mapping, Optional, Union
+from typing import Dict, List, Mapping, Optional, Tuple, Union
 
 import numpy as np
 import torch
@@ -294,6 +294,18 @@ def edges_to_csr(edge_index: Tensor, num_rows: int, num_cols: int,
     values = torch.ones(col.numel(), dtype=dtype, device=row.device)
     return torch.sparse_csr_tensor(crow, col, values,
                                    size=(num_rows, num_cols))
+
+
+def csr_entries(csr: Tensor) -> Tuple[Tensor, Tensor, Tensor]:
+    r"""``(row [nnz], col [nnz], value [nnz])`` of a sparse CSR matrix, in
+    storage order (row-major, the order of ``dense.nonzero()`` when the
+    columns of every row are sorted) — the inverse of :func:`edges_to_csr`
+    without densifying."""
+    crow = csr.crow_indices()
+    counts = crow[1:] - crow[:-1]
+    row = torch.repeat_interleave(
+        torch.arange(counts.numel(), device=crow.device), counts)
+    return row, csr.col_indices(), csr.values()
 
 
 def summary(data: HeteroData) -> Dict[str, object]:

@@ -3,15 +3,16 @@ r"""Mini-batch samplers over the training interactions.
 * :class:`TripletSampler` yields BPR triples; negatives are drawn uniformly
   from the items a user has **not** interacted with in training, by
   vectorised rejection sampling (never a training positive).
-* :class:`UserRowSampler` yields user batches with their dense training rows,
-  built from CSR so that only ``[B, I]`` is ever dense.
+* :class:`UserRowSampler` yields user batches with their training rows,
+  sliced from CSR (a batch densifies its ``[B, I]`` rows only when a model
+  asks for them).
 
 Both take an explicit :class:`torch.Generator`, so a run is reproducible and
 its sampler state can be checkpointed (``generator.get_state()``).
 """
 from __future__ import annotations
 
-from typing import Iterator, Optional
+from typing import Iterator, Optional, Tuple
 
 import torch
 from torch import Tensor
@@ -97,29 +98,64 @@ class TripletSampler:
             yield TripletBatch(users[sl], pos[sl], neg[sl])
 
 
+def _row_entries(crow: Tensor, col: Tensor, users: Tensor
+                 ) -> Tuple[Tensor, Tensor]:
+    r"""``(counts [B], cols [nnz])``: the number of stored entries of each
+    of ``users`` and their columns, concatenated in batch order."""
+    start, end = crow[users], crow[users + 1]
+    counts = end - start
+    total = int(counts.sum())
+    offsets = torch.arange(total, device=col.device) - torch.repeat_interleave(
+        torch.cumsum(counts, 0) - counts, counts)
+    return counts, col[torch.repeat_interleave(start, counts) + offsets]
+
+
 def dense_rows(crow: Tensor, col: Tensor, users: Tensor, num_items: int,
                dtype: torch.dtype = torch.float32) -> Tensor:
     r"""Dense ``[B, I]`` 0/1 rows of ``users`` from a CSR structure
     ``(crow, col)`` without any Python loop over users."""
-    start, end = crow[users], crow[users + 1]
-    counts = end - start
-    total = int(counts.sum())
+    counts, cols = _row_entries(crow, col, users)
     out = torch.zeros(users.numel(), num_items, dtype=dtype,
                       device=col.device)
-    if total == 0:
+    if cols.numel() == 0:
         return out
     row_ids = torch.repeat_interleave(
         torch.arange(users.numel(), device=col.device), counts)
-    offsets = torch.arange(total, device=col.device) - torch.repeat_interleave(
-        torch.cumsum(counts, 0) - counts, counts)
-    cols = col[torch.repeat_interleave(start, counts) + offsets]
     out[row_ids, cols] = 1
     return out
 
 
+def sparse_rows(crow: Tensor, col: Tensor, users: Tensor, num_items: int,
+                dtype: torch.dtype = torch.float32) -> Tensor:
+    r"""The 0/1 rows of ``users`` as a ``[B, I]`` sparse CSR tensor (the
+    same matrix as :func:`dense_rows`, never densified; columns keep the
+    order of ``col``)."""
+    counts, cols = _row_entries(crow, col, users)
+    out_crow = torch.zeros(users.numel() + 1, dtype=crow.dtype,
+                           device=col.device)
+    torch.cumsum(counts, 0, out=out_crow[1:])
+    return torch.sparse_csr_tensor(
+        out_crow, cols, torch.ones(cols.numel(), dtype=dtype,
+                                   device=col.device),
+        size=(users.numel(), num_items))
+
+
+def _sort_within_rows(crow: Tensor, col: Tensor) -> Tensor:
+    r"""``col`` with the columns of every CSR row in increasing order."""
+    if col.numel() < 2:
+        return col
+    row = torch.repeat_interleave(
+        torch.arange(crow.numel() - 1, device=col.device),
+        crow[1:] - crow[:-1])
+    key = row * (int(col.max()) + 1) + col
+    if bool((key[1:] >= key[:-1]).all()):
+        return col
+    return col[torch.argsort(key)]
+
+
 class UserRowSampler:
     r"""Shuffled batches of users (all users or a given subset) with their
-    dense training rows.
+    training rows (dense or sparse CSR, see :class:`~mmdiff.data.batch.UserBatch`).
 
     Args:
         csr (Tensor): ``[U, I]`` training interactions as a sparse CSR tensor.
@@ -134,7 +170,7 @@ class UserRowSampler:
                  generator: Optional[torch.Generator] = None):
         self.batch_size = _check_batch_size(batch_size)
         self.crow = csr.crow_indices()
-        self.col = csr.col_indices()
+        self.col = _sort_within_rows(self.crow, csr.col_indices())
         self.num_users, self.num_items = csr.shape
         self.users = (torch.arange(self.num_users) if users is None
                       else users.cpu())
@@ -145,7 +181,13 @@ class UserRowSampler:
         return -(-self.users.numel() // self.batch_size)
 
     def rows(self, users: Tensor) -> Tensor:
+        r"""Dense ``[B, I]`` training rows of ``users``."""
         return dense_rows(self.crow, self.col, users, self.num_items)
+
+    def sparse_rows(self, users: Tensor) -> Tensor:
+        r"""The training rows of ``users`` as a ``[B, I]`` sparse CSR
+        tensor (columns sorted within every row)."""
+        return sparse_rows(self.crow, self.col, users, self.num_items)
 
     def __iter__(self) -> Iterator[UserBatch]:
         users = self.users
@@ -154,4 +196,4 @@ class UserRowSampler:
                                          generator=self.generator)]
         for start in range(0, users.numel(), self.batch_size):
             b = users[start:start + self.batch_size]
-            yield UserBatch(b, self.rows(b))
+            yield UserBatch(b, sparse_rows=self.sparse_rows(b))

@@ -106,9 +106,17 @@ class _BoundedSimLogSumExp(torch.autograd.Function):
     r"""``logsumexp_j (a q_j)`` per block with the known upper bound ``c``
     as the shift: :math:`c + \log\sum_j \exp(a q_j - c)`.  Exact, stable
     (every exponent lies in :math:`[-2c, 0]`), and cheaper than autograd's
-    ``logsumexp`` on the ``[A, K N]`` similarity matrix: one in-place
-    ``exp`` and one ``sum`` forward, one ``mul`` backward, no max/sub
-    passes."""
+    ``logsumexp`` on the ``[A, K N]`` similarity matrix :math:`S`: forward,
+    one product, one in-place shift and ``exp`` over a contiguous buffer
+    and one ``sum``; backward, no pass over :math:`S` at all, because the
+    soft-max weights :math:`P_k = \exp(S_k - c) / Z_k` scale whole rows of
+    each block (:math:`\gamma_k = g_k / Z_k`, ``[A]``):
+
+    .. math::
+        \partial a = \textstyle\sum_k \gamma_k \odot
+        (\exp(S_k - c)\, q_k), \qquad
+        \partial q_k = \exp(S_k - c)^\top (\gamma_k \odot a).
+    """
 
     @staticmethod
     def forward(ctx, a: Tensor, q: Tensor, K: int, bound: float,
@@ -116,22 +124,34 @@ class _BoundedSimLogSumExp(torch.autograd.Function):
         if bf16:
             a, q = a.bfloat16(), q.bfloat16()
         e = mm_aligned(a, q.t())
-        e.sub_(bound).exp_()
-        e3 = e.unflatten(1, (K, -1))
-        total = e3.sum(dim=2, dtype=torch.float32)               # [A, K]
+        # shift and exp over the whole row-padded buffer when there is
+        # one (contiguous: about twice as fast as the strided view); its
+        # few padding columns are zeroed first and never read
+        buf = e
+        if (not e.is_contiguous() and e.storage_offset() == 0
+                and e.stride(1) == 1 and e.untyped_storage().nbytes()
+                == e.size(0) * e.stride(0) * e.element_size()):
+            buf = e.as_strided((e.size(0), e.stride(0)), (e.stride(0), 1))
+            buf[:, e.size(1):].zero_()
+        buf.sub_(bound).exp_()
+        total = e.unflatten(1, (K, -1)).sum(dim=2, dtype=torch.float32)
         ctx.save_for_backward(a, q, e, total)
         ctx.K = K
-        ctx.dtype = torch.float32
         return total.log() + bound
 
     @staticmethod
     def backward(ctx, grad: Tensor):
         a, q, e, total = ctx.saved_tensors
         K = ctx.K
-        coef = (grad / total).unsqueeze(2).to(e.dtype)           # [A, K, 1]
-        prob = (e.unflatten(1, (K, -1)) * coef).flatten(1)
-        grad_a = (prob @ q).to(ctx.dtype) if ctx.needs_input_grad[0] \
-            else None
-        grad_q = (prob.t() @ a).to(ctx.dtype) if ctx.needs_input_grad[1] \
-            else None
+        N = q.size(0) // K
+        gamma = grad / total                                     # [A, K]
+        grad_a = grad_q = None
+        if ctx.needs_input_grad[0]:
+            grad_a = sum((e[:, k * N:(k + 1) * N] @ q[k * N:(k + 1) * N])
+                         .float() * gamma[:, k:k + 1] for k in range(K))
+        if ctx.needs_input_grad[1]:
+            grad_q = torch.cat([
+                (e[:, k * N:(k + 1) * N].t()
+                 @ (a.float() * gamma[:, k:k + 1]).to(e.dtype)).float()
+                for k in range(K)])
         return grad_a, grad_q, None, None, None

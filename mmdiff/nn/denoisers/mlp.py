@@ -177,8 +177,16 @@ class DiffMMDenoiser(torch.nn.Module):
         if self.training and self.dropout > 0:
             # Same distribution as F.dropout (keep w.p. 1-p, scale 1/(1-p));
             # a uniform draw + compare is faster than bernoulli_ on CPU.
-            keep = torch.rand(x.shape, device=x.device) >= self.dropout
-            x = (x * keep).mul_(1.0 / (1.0 - self.dropout))
+            # In float32 the mask is made in place in the uniform draw's
+            # buffer (1.0 / 0.0) and the rows multiplied into it: the same
+            # numbers as x * (u >= p), without a bool mask, its conversion
+            # or another [B, I] buffer.
+            keep = torch.rand(x.shape, device=x.device)
+            if x.dtype == keep.dtype:
+                x = keep.ge_(self.dropout).mul_(x)
+            else:
+                x = x * (keep >= self.dropout)
+            x = x.mul_(1.0 / (1.0 - self.dropout))
         # W_1 [x ; e_t] + b_1 computed as W_1^(x) x + (W_1^(e) e_t + b_1):
         # the same value, but autograd never forms the [B, I] gradient of
         # the (constant) input rows.

@@ -116,8 +116,12 @@ class LinearOutputLoss(torch.autograd.Function):
         wm = weight.bfloat16() if bf16 else weight
         gram = (wm.t() @ wm).float()                             # [k, k]
         wb = weight.t() @ bias                                   # [k]
-        x0w = torch.zeros_like(h).index_add_(
-            0, rows, weight[cols] * vals[:, None])               # [B, k]
+        # 0/1 rows (the usual case) need no scaling of the gathered rows;
+        # checked on CPU only, where it costs no device synchronisation
+        wc = weight[cols]
+        if not (vals.device.type == 'cpu' and bool((vals == 1).all())):
+            wc = wc * vals[:, None]
+        x0w = torch.zeros_like(h).index_add_(0, rows, wc)        # [B, k]
         x0b = h.new_zeros(B).index_add_(0, rows, bias[cols] * vals)
         x0sq = h.new_zeros(B).index_add_(0, rows, vals * vals)
         hg = h @ gram

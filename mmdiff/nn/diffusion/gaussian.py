@@ -18,6 +18,7 @@ import torch
 from torch import Tensor
 
 from mmdiff.checks import check_float, check_int
+from mmdiff.data.hetero import csr_entries
 from mmdiff.errors import ConfigError
 from mmdiff.nn.diffusion.step_sampler import ImportanceStepSampler
 
@@ -142,7 +143,26 @@ class GaussianDiffusion(torch.nn.Module):
         I]``) at per-row steps ``t`` (``[B]``):
         :math:`\sqrt{\bar\alpha_t}\,x_0 + \sqrt{1-\bar\alpha_t}\,
         \epsilon` (``noise`` :math:`=\epsilon`, default a fresh draw; a
-        given ``noise`` is not modified)."""
+        given ``noise`` is not modified).
+
+        ``x0`` may be a sparse CSR matrix (e.g. 0/1 interaction rows): the
+        result (dense) is then :math:`\sqrt{1-\bar\alpha_t}\,\epsilon`
+        with :math:`\sqrt{\bar\alpha_t}\,x_0` added at the stored entries
+        only — the same numbers as for the dense ``x0`` (the same noise
+        draw, the same two products and one sum per entry), without the
+        dense ``x0`` or its ``[B, I]`` product."""
+        if x0.layout == torch.sparse_csr:
+            if noise is None:
+                noise = torch.randn(x0.shape, dtype=x0.dtype,
+                                    device=x0.device)
+            else:
+                noise = noise.clone()
+            x_t = noise.mul_(self._extract(
+                self.sqrt_one_minus_alphas_cumprod, t, noise))
+            row, col, val = csr_entries(x0)
+            signal = self.sqrt_alphas_cumprod[t].to(x0.dtype)[row] * val
+            x_t[row, col] = x_t[row, col] + signal
+            return x_t
         if noise is None:
             noise = torch.randn_like(x0)
         else:
@@ -199,7 +219,8 @@ class GaussianDiffusion(torch.nn.Module):
         :math:`w` from :meth:`loss_weights`.
 
         Args:
-            x0 (Tensor): Target rows ``[B, I]`` (dense).
+            x0 (Tensor): Target rows ``[B, I]`` (dense, or sparse CSR:
+                kept sparse when ``fused`` is given, densified otherwise).
             predict (callable): ``predict(x_t, t) -> x0_hat [B, I]``.
             x_start (Tensor, optional): The rows that are noised (default
                 ``x0``; LD4MRec may noise the raw rows while reconstructing
@@ -219,6 +240,8 @@ class GaussianDiffusion(torch.nn.Module):
             (``x_hat`` is :obj:`None` on the ``fused`` path) plus the
             ``extras`` of ``fused``.
         """
+        if x0.layout != torch.strided and fused is None:
+            x0 = x0.to_dense()
         B = x0.size(0)
         if step_sampler is not None:
             t, is_weight = step_sampler.sample(B, device=x0.device)

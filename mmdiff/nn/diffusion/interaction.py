@@ -25,6 +25,7 @@ import torch
 from torch import Tensor
 
 from mmdiff.checks import check_int
+from mmdiff.data.hetero import csr_entries
 from mmdiff.errors import ConfigError, DataError
 from mmdiff.graph import (
     dropout_normalized_edges,
@@ -177,6 +178,10 @@ class InteractionDiffusion(torch.nn.Module):
 
         Args:
             x0 (Tensor): Clean interaction rows (dense or sparse CSR, 0/1).
+                With a ``'linear_output'`` denoiser sparse CSR rows are
+                never densified (the noisy rows are built from the stored
+                entries, :meth:`GaussianDiffusion.q_sample`); the loss is
+                the same as for the dense rows.
             feature_proj (Tensor, optional): :math:`F` ``[I, d]`` (treated as
                 a constant).
             item_emb (Tensor, optional): :math:`\bar{E}_I` ``[I, d]``
@@ -188,7 +193,9 @@ class InteractionDiffusion(torch.nn.Module):
             ``{'loss', 'elbo', 'msi'}`` (scalars; ``msi`` is 0 when
             skipped).
         """
-        if x0.layout != torch.strided:
+        fused_output = 'linear_output' in self.capabilities()
+        if x0.layout != torch.strided and not (
+                fused_output and x0.layout == torch.sparse_csr):
             x0 = x0.to_dense()
         B = x0.size(0)
         use_msi = (msi_weight != 0 and feature_proj is not None
@@ -210,8 +217,11 @@ class InteractionDiffusion(torch.nn.Module):
             with _autocast(bf16, x0.device):
                 h = self.denoiser.hidden_state(
                     x_t.to(torch.bfloat16) if bf16 else x_t, t)
-            rows, cols = x0.nonzero(as_tuple=True)
-            vals = x0[rows, cols]
+            if x0.layout == torch.sparse_csr:
+                rows, cols, vals = csr_entries(x0)
+            else:
+                rows, cols = x0.nonzero(as_tuple=True)
+                vals = x0[rows, cols]
             target = None
             if use_msi:
                 e = item_emb.detach().float()
@@ -224,8 +234,7 @@ class InteractionDiffusion(torch.nn.Module):
                 else None, target, bf16)
             return elbo, sq, {'msi': msi}
 
-        fused = linear_output_loss if 'linear_output' in \
-            self.capabilities() else None
+        fused = linear_output_loss if fused_output else None
         out = self.diffusion.training_loss(
             x0, predict, step_sampler=self.step_sampler, fused=fused)
         elbo = out['loss']

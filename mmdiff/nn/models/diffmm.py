@@ -516,11 +516,12 @@ class DiffMM(Recommender):
     # Phase 1: diffusion -------------------------------------------------
     def diffusion_loss(self, batch: UserBatch) -> Dict[str, Tensor]:
         r""":math:`\sum_m \mathcal{L}_{elbo,m} + \lambda_{msi}
-        \mathcal{L}_{msi,m}` on the batch's dense rows."""
+        \mathcal{L}_{msi,m}` on the batch's rows (sparse: the denoisers'
+        fused loss never densifies them)."""
         if not self.use_modal_graphs:
             raise ConfigError("use_modal_graphs=False: DiffMM has no "
                               "diffusion phase")
-        rows = batch.rows.to(self.user_emb.device, torch.float32)
+        rows = batch.sparse_rows.to(self.user_emb.device)
         msi_w = self.msi_weight if self.use_msi else 0.0
         feats, item_emb = self._diffusion_snapshot() if msi_w else (None,
                                                                      None)
