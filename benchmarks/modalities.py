@@ -45,6 +45,7 @@ piecemeal and interrupted runs continue from their checkpoint under
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import datetime as dt
 import json
 import math
@@ -187,6 +188,9 @@ def run_variant(model: str, dataset: str, variant: str, seed: int, *,
                 variant != 'none') else [],
             'config': cfg, 'metrics': result.metrics_dict(),
             'modality_weights': modality_weights(net),
+            'modality_relevance': {
+                m: dataclasses.asdict(r) for m, r in
+                getattr(net, 'modality_relevance', {}).items()},
             'history': quality.compact_history(out) if out else [],
             'wall_seconds': time.time() - t0,
             'command': command_line(sys.argv[1:]),
