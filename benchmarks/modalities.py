@@ -151,7 +151,7 @@ def run_variant(model: str, dataset: str, variant: str, seed: int, *,
                 root: Optional[str], device: str = 'cpu',
                 overrides: Optional[Dict] = None, label: str = '',
                 epochs: int = 0, work: Optional[Path] = WORK,
-                data=None) -> Dict:
+                data=None, command: Optional[str] = None) -> Dict:
     r"""Trains one (model, variant, seed) and returns its record."""
     from mmdiff.nn.models import get_model_class
     from mmdiff.train.config import preset
@@ -193,7 +193,7 @@ def run_variant(model: str, dataset: str, variant: str, seed: int, *,
                 getattr(net, 'modality_relevance', {}).items()},
             'history': quality.compact_history(out) if out else [],
             'wall_seconds': time.time() - t0,
-            'command': command_line(sys.argv[1:]),
+            'command': command or command_line(sys.argv[1:]),
             'machine': quality.machine(),
             'date': dt.datetime.now().isoformat(timespec='seconds')}
 
@@ -420,6 +420,7 @@ def main(argv=None) -> int:
     ap.add_argument('--force', action='store_true')
     ap.add_argument('--report-only', action='store_true')
     args = ap.parse_args(argv)
+    command = command_line(sys.argv[1:] if argv is None else argv)
     if args.threads:
         torch.set_num_threads(args.threads)
     if args.set and not args.label:
@@ -466,7 +467,7 @@ def main(argv=None) -> int:
                               device=args.device, overrides=overrides,
                               label=args.label, epochs=args.epochs,
                               work=Path(args.work) if args.work else None,
-                              data=data)
+                              data=data, command=command)
             path.write_text(json.dumps(rec, indent=1))
             print(f"{path.name}: test R@20 "
                   f"{rec['metrics']['test/recall@20']:.4f} "
