@@ -1,6 +1,6 @@
 r"""Does an item modality carry collaborative signal?  A held-out,
 permutation-tested relevance score per modality (issue #17,
-docs/algorithms.md D21).
+docs/algorithms.md D24).
 
 A modality :math:`X_m \in \mathbb{R}^{I \times d_m}` is *relevant* when its
 features predict where the items sit in the collaborative space better than

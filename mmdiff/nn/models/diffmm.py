@@ -264,7 +264,7 @@ class DiffMM(Recommender):
             modality_relevance` (the highest-scoring one when none passes:
             DiffMM needs one); the result is :attr:`modality_relevance`.
             The torch random state is not used, so with every modality kept
-            the model is the one without screening (docs/algorithms.md D21).
+            the model is the one without screening (docs/algorithms.md D24).
             (default: :obj:`False`, the paper)
         screening_alpha (float): Level :math:`\alpha` of that test.
     """

@@ -177,7 +177,7 @@ class LD4MRec(RowDiffusionRecommender):
             blocks only to those that pass; when none passes the model is
             "w/o BG".  A modality without signal otherwise only adds a
             per-user random projection of the interaction row to C-Net, which
-            lowers test recall on TikTok (docs/algorithms.md D21,
+            lowers test recall on TikTok (docs/algorithms.md D24,
             ``benchmarks/results/modalities.md``).  The result is kept in
             :attr:`modality_relevance`; the torch random state is not used,
             so with every modality kept the model is the one without
