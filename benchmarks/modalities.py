@@ -253,13 +253,15 @@ def verdict(variant: str, mean: float, se: float) -> str:
         return ''
     if se != se:
         return 'one seed: no SE'
-    lower = mean < -se
+    lower, higher = mean < -se, mean > se
     if variant.startswith('-'):
         return (f'{variant[1:]} pays for itself' if lower else
+                f'better without {variant[1:]}' if higher else
                 f'{variant[1:]} not shown to help')
     if variant == 'none':
-        return 'modalities pay' if lower else 'modalities not shown to help'
-    return 'costs > 1 SE' if lower else 'harmless (within 1 SE)'
+        return ('modalities pay' if lower else 'better without modalities'
+                if higher else 'modalities not shown to help')
+    return 'costs > 1 SE' if lower else 'harmless (not lower by 1 SE)'
 
 
 def _order(variant: str) -> Tuple[int, str]:
@@ -335,6 +337,117 @@ def seed_table(recs: List[Dict]) -> List[str]:
     return lines
 
 
+def relevance_lines(recs: List[Dict]) -> List[str]:
+    r"""What the relevance test of ``modality_screening`` decided, per
+    modality over the runs that ran it."""
+    by: Dict[str, List[Dict]] = {}
+    for r in recs:
+        for m, rel in (r.get('modality_relevance') or {}).items():
+            by.setdefault(m, []).append(rel)
+    if not by:
+        return []
+    parts = []
+    for m, rels in by.items():
+        kept = sum(x['keep'] for x in rels)
+        ps = [x['p_value'] for x in rels]
+        parts.append(
+            f"{m} kept in {kept} of {len(rels)} runs (held-out R² "
+            f"{min(x['score'] for x in rels):+.5f} to "
+            f"{max(x['score'] for x in rels):+.5f}, p {min(ps):.2f} to "
+            f"{max(ps):.2f})")
+    return ['', 'Relevance test of `modality_screening` (runs that ran it): '
+            + '; '.join(parts) + '.']
+
+
+def missing_lines(recs: List[Dict]) -> List[str]:
+    r"""Variants that lack some of the group's seeds."""
+    seeds = sorted({r['seed'] for r in recs})
+    have: Dict[str, set] = {}
+    for r in recs:
+        have.setdefault(r['variant'], set()).add(r['seed'])
+    miss = [f"{v} seed{'s' if len(set(seeds) - s) > 1 else ''} "
+            f"{', '.join(str(x) for x in sorted(set(seeds) - s))}"
+            for v, s in sorted(have.items(), key=lambda kv: _order(kv[0]))
+            if set(seeds) - s]
+    if not miss:
+        return []
+    return ['', 'Not run yet (`--pending` lists the commands): ' +
+            '; '.join(miss) + '.']
+
+
+def against_paper(groups: Dict[Tuple, List[Dict]]) -> List[str]:
+    r"""The default configuration against ``--label paper`` (the papers'
+    behaviour), variant by variant, paired by seed."""
+    lines = []
+    for (dataset, model, label), rs in sorted(groups.items()):
+        paper = groups.get((dataset, model, 'paper'))
+        if label or not paper:
+            continue
+        if not lines:
+            lines = ['## Defaults against the papers\' behaviour', '',
+                     'Δ = default − paper (`--label paper --set '
+                     'modality_screening=false`), same variant and seed.', '',
+                     '| model | dataset | variant | seeds | ΔR@20 ± SE | '
+                     'ΔN@20 ± SE |', '|---|---|---|---|---|---|']
+        for v in sorted({r['variant'] for r in rs}, key=_order):
+            a = [r for r in paper if r['variant'] == v]
+            b = [r for r in rs if r['variant'] == v]
+            cells = []
+            for key, _ in METRICS:
+                mean, se, seeds = paired_delta(a, b, key)
+                if not seeds:
+                    break
+                cells.append(f'{mean:+.4f}' + (f' ± {se:.4f}' if se == se
+                                               else ' (1 seed)'))
+            if len(cells) == len(METRICS):
+                lines.append(f"| {model} | {dataset_tag(dataset)} | {v} | "
+                             f"{', '.join(str(x) for x in seeds)} | "
+                             + ' | '.join(cells) + ' |')
+    return lines + [''] if lines else []
+
+
+#: the models of the issue, reported as not run where they have no records
+MODELS = ('ld4mrec', 'diffmm')
+
+
+def not_run(groups: Dict[Tuple, List[Dict]]) -> List[str]:
+    r"""For a dataset with records, the models of :data:`MODELS` without
+    any, with the cost of one run of their preset measured by
+    ``benchmarks/quality.py`` (``quality_runs/``) and the runs that the
+    three-seed table needs."""
+    lines = []
+    quality_groups = quality.group_runs(quality.load_runs())
+    for dataset in sorted({d for d, _, _ in groups}):
+        present = {m for d, m, _ in groups if d == dataset}
+        mods = next((r['modalities'] for (d, _, _), rs in groups.items()
+                     if d == dataset for r in rs if r['variant'] == 'full'),
+                    None)
+        for model in MODELS:
+            if model in present or mods is None:
+                continue
+            n_runs = 3 * len(variants_of(model, mods))
+            line = (f'- {model} on {dataset_tag(dataset)}: no run yet; the '
+                    f'table needs {n_runs} runs (3 seeds × '
+                    f"{', '.join(variants_of(model, mods))}).")
+            prior = quality_groups.get((model, str(dataset), 0.0), [])
+            if prior:
+                wall = statistics.mean(r['wall_seconds'] for r in prior)
+                spe = statistics.mean(r['metrics']['seconds_per_epoch']
+                                      for r in prior)
+                epochs = statistics.mean(r['metrics']['epochs_run']
+                                         for r in prior)
+                line += (f' One run of its preset took {wall / 60:.0f} min '
+                         f'on average over the {len(prior)} records of '
+                         f'`quality_runs/{model}-{dataset_tag(dataset)}-'
+                         f'seed*.json` ({epochs:.0f} epochs at '
+                         f'{spe:.1f} s), so about {n_runs * wall / 3600:.1f} '
+                         f'h of one core for the table.')
+            lines.append(line)
+    if not lines:
+        return []
+    return ['## Not run', ''] + lines + ['']
+
+
 def group_key(r: Dict) -> Tuple[str, str, str]:
     return (r['dataset'], r['model'], r.get('label', ''))
 
@@ -366,14 +479,23 @@ def render(recs: List[Dict]) -> str:
                            for r in rs if r['variant'] == 'full'})
         lines += [f'## {title}', '']
         lines += group_table(rs)
+        lines += relevance_lines(rs)
+        lines += missing_lines(rs)
         lines += ['', 'Per seed:', ''] + seed_table(rs) + ['']
         if cfg_diff:
             lines += ['Configuration of the full model: `' +
                       '`; `'.join(cfg_diff) + '`', '']
+    lines += against_paper(groups)
+    lines += not_run(groups)
     lines += ['## Provenance', '',
               'Commands (each run once per listed seed; finished runs are '
               'skipped when a command is repeated):', '']
     lines += [f'- `python {c}`' for c in sorted({r['command'] for r in recs})]
+    notes = sorted({r['note'] for r in recs if r.get('note')})
+    if notes:
+        lines += ['', 'Notes kept in some records: ' + ' '.join(
+            f'({i + 1}) {n}: {", ".join(sorted(r["variant"] + " seed " + str(r["seed"]) for r in recs if r.get("note") == n))}.'
+            for i, n in enumerate(notes))]
     dates = sorted(r['date'] for r in recs)
     lines += ['', f"Machine: {'; '.join(sorted({r['machine'] for r in recs}))}"
               '  ', f'Dates: {dates[0]} to {dates[-1]}', '']

@@ -98,8 +98,9 @@ def test_paired_delta_and_verdicts():
     assert se == pytest.approx(np.std(d, ddof=1) / math.sqrt(3))
     assert modalities.verdict('-image', mean, se) == 'image pays for itself'
     assert modalities.verdict('+noise128', -0.001, 0.002) == \
-        'harmless (within 1 SE)'
+        'harmless (not lower by 1 SE)'
     assert modalities.verdict('+noise128', -0.003, 0.002) == 'costs > 1 SE'
+    assert modalities.verdict('-text', 0.004, 0.002) == 'better without text'
     assert modalities.verdict('none', 0.0, float('nan')) == 'one seed: no SE'
     md = modalities.render(base + var)
     row = next(ln for ln in md.splitlines() if ln.startswith('| -image'))
@@ -115,3 +116,13 @@ def test_variants_and_record_names():
         'ld4mrec-paper-mydata-minus-image-seed2.json'
     assert modalities.command_line(['--root', '/x/y', '--seeds', '0']) == \
         'benchmarks/modalities.py --root DATA_ROOT --seeds 0'
+
+
+def test_results_file_is_what_the_records_give():
+    runs = modalities.RESULTS / 'modality_runs'
+    recs = modalities.load_records(runs)
+    if not recs:
+        pytest.skip('no modality runs on record')
+    assert (modalities.RESULTS / 'modalities.md').read_text() == \
+        modalities.render(recs), ('run python benchmarks/modalities.py '
+                                  '--report-only')
