@@ -492,10 +492,11 @@ def render(recs: List[Dict]) -> str:
               'skipped when a command is repeated):', '']
     lines += [f'- `python {c}`' for c in sorted({r['command'] for r in recs})]
     notes = sorted({r['note'] for r in recs if r.get('note')})
-    if notes:
-        lines += ['', 'Notes kept in some records: ' + ' '.join(
-            f'({i + 1}) {n}: {", ".join(sorted(r["variant"] + " seed " + str(r["seed"]) for r in recs if r.get("note") == n))}.'
-            for i, n in enumerate(notes))]
+    for i, note in enumerate(notes):
+        which = sorted(f"{r['model']}-{r.get('label') or 'default'} "
+                       f"{r['variant']} seed {r['seed']}"
+                       for r in recs if r.get('note') == note)
+        lines += ['', f"Note {i + 1} ({', '.join(which)}): {note}."]
     dates = sorted(r['date'] for r in recs)
     lines += ['', f"Machine: {'; '.join(sorted({r['machine'] for r in recs}))}"
               '  ', f'Dates: {dates[0]} to {dates[-1]}', '']
