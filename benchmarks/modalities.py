@@ -322,16 +322,19 @@ def group_table(recs: List[Dict]) -> List[str]:
 
 
 def seed_table(recs: List[Dict]) -> List[str]:
-    lines = ['| variant | seed | modalities | R@20 | N@20 | val R@20 | '
-             'best epoch | epochs run | s/epoch |',
-             '|---|---|---|---|---|---|---|---|---|']
+    lines = ['| variant | seed | data modalities | R@20 | N@20 | val R@20 | '
+             'val R@20, epochs 10-19 | best epoch | epochs run | s/epoch |',
+             '|---|---|---|---|---|---|---|---|---|---|']
     for r in sorted(recs, key=lambda r: (_order(r['variant']), r['seed'])):
         m = r['metrics']
+        late = [h['val/recall@20'] for h in r.get('history', [])
+                if 10 <= h['epoch'] < 20 and 'val/recall@20' in h]
+        late = f'{statistics.mean(late):.4f}' if len(late) == 10 else '—'
         lines.append(
             f"| {r['variant']} | {r['seed']} | "
             f"{', '.join(r['modalities']) or '—'} | "
             f"{m['test/recall@20']:.4f} | {m['test/ndcg@20']:.4f} | "
-            f"{m.get('val/recall@20', float('nan')):.4f} | "
+            f"{m.get('val/recall@20', float('nan')):.4f} | {late} | "
             f"{m.get('best_epoch', '')} | {m.get('epochs_run', '')} | "
             f"{m.get('seconds_per_epoch', float('nan')):.2f} |")
     return lines
