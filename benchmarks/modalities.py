@@ -297,9 +297,8 @@ def group_table(recs: List[Dict]) -> List[str]:
             if not seeds:
                 cells.append('no paired full run')
                 continue
-            cells.append(f'{mean:+.4f}' + (f' ± {se:.4f}' if se == se
-                                           else ' (1 seed)') +
-                         (f' (n={len(seeds)})'))
+            cells.append(f'{mean:+.4f}' + (f' ± {se:.4f} (n={len(seeds)})'
+                                           if se == se else ' (1 seed)'))
             if key == 'test/recall@20':
                 ratio = f'{mean / se:+.1f}' if se == se and se > 0 else ''
                 verdict_text = verdict(v, mean, se)
