@@ -1,7 +1,7 @@
 r"""Issue #17: an item modality without signal must not hurt.  On synthetic
 data with a planted signal in two modalities, a third modality of pure
 noise is screened out by the default configuration of LD4MRec and DiffMM
-(``modality_screening``, docs/algorithms.md D21), so validation Recall@20
+(``modality_screening``, docs/algorithms.md D24), so validation Recall@20
 stays within :data:`TOL` of the model without it, seed for seed, and the
 noise modality's relevance weight ends below the informative ones'."""
 import numpy as np
