@@ -40,6 +40,12 @@ from mmdiff.data.datasets import (
 )
 from mmdiff.data.synthetic import make_synthetic
 from mmdiff.data.noise import add_noise_interactions
+from mmdiff.data.relevance import (
+    ModalityRelevance,
+    describe_relevance,
+    modality_relevance,
+    relevant_modalities,
+)
 
 from mmdiff.data.samplers import (
     TripletSampler,
@@ -87,4 +93,8 @@ __all__ = [
     'get_dataset',
     'make_synthetic',
     'add_noise_interactions',
+    'ModalityRelevance',
+    'describe_relevance',
+    'modality_relevance',
+    'relevant_modalities',
 ]

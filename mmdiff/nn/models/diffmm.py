@@ -44,6 +44,11 @@ from mmdiff.errors import ConfigError
 from mmdiff.graph import dropout_normalized_edges, normalized_edges, to_adj
 from mmdiff.graph.store import GraphStore
 from mmdiff.nn.contrastive import info_nce
+from mmdiff.data.relevance import (
+    ModalityRelevance,
+    modality_relevance,
+    relevant_modalities,
+)
 from mmdiff.nn.conv.multimodal_aggregation import MultiModalAggregation
 from mmdiff.nn.denoisers.mlp import DiffMMDenoiser
 from mmdiff.nn.diffusion import (
@@ -254,6 +259,14 @@ class DiffMM(Recommender):
             modality) -> module``, called once per modality; default: a
             :class:`~mmdiff.nn.denoisers.DiffMMDenoiser` with
             ``hidden_dims``, ``time_dim``, ``dropout`` and ``norm``.
+        modality_screening (bool): Keep only the modalities that pass the
+            relevance test of :func:`~mmdiff.data.relevance.
+            modality_relevance` (the highest-scoring one when none passes:
+            DiffMM needs one); the result is :attr:`modality_relevance`.
+            The torch random state is not used, so with every modality kept
+            the model is the one without screening (docs/algorithms.md D24).
+            (default: :obj:`False`, the paper)
+        screening_alpha (float): Level :math:`\alpha` of that test.
     """
     name = 'diffmm'
     requires_modalities = True
@@ -307,8 +320,24 @@ class DiffMM(Recommender):
         use_msi: bool = True,
         precision: str = 'float32',
         denoiser_factory: Optional[DenoiserFactory] = None,
+        modality_screening: bool = False,
+        screening_alpha: float = 0.01,
     ):
         super().__init__()
+        self.modality_screening = bool(modality_screening)
+        #: ``{name: ModalityRelevance}`` of the screening (empty without).
+        self.modality_relevance: Dict[str, ModalityRelevance] = {}
+        if self.modality_screening and features:
+            self.modality_relevance = modality_relevance(
+                edge_index, num_users, num_items, features,
+                alpha=screening_alpha)
+            keep = relevant_modalities(self.modality_relevance, at_least=1)
+            if isinstance(trans, (list, tuple)) and \
+                    len(trans) == len(features):
+                trans = [t for m, t in zip(features, trans) if m in keep]
+            elif isinstance(trans, Mapping):
+                trans = {m: t for m, t in trans.items() if m in keep}
+            features = {m: features[m] for m in keep}
         names = list(features)
         if not names:
             raise ConfigError("DiffMM needs at least one item modality; the "
@@ -679,6 +708,12 @@ class DiffMM(Recommender):
         self._scores = None
         self._snapshot = None
         return out
+
+    @property
+    def dropped_modalities(self) -> List[str]:
+        r"""The modalities the screening left out (in data order)."""
+        return [m for m, r in self.modality_relevance.items() if not r.keep
+                and m not in self.modalities]
 
     def __repr__(self) -> str:
         mods = ', '.join(f'{m}:{getattr(self, f"feature_{k}").size(1)}'

@@ -7,6 +7,7 @@ docs/algorithms.md §7, each noted where it is implemented.
 """
 from __future__ import annotations
 
+import warnings
 from typing import Dict, List, Mapping, Optional, Sequence
 
 import torch
@@ -18,6 +19,12 @@ from mmdiff.checks import (
     check_choice,
     check_float,
     check_optional_int,
+)
+from mmdiff.data.relevance import (
+    ModalityRelevance,
+    describe_relevance,
+    modality_relevance,
+    relevant_modalities,
 )
 from mmdiff.data.hetero import (
     edge_index_of,
@@ -163,6 +170,20 @@ class LD4MRec(RowDiffusionRecommender):
             :math:`\mathbf{t}_f = \mathbf{z}_1 + \mathbf{z}_{in}[u]`, i.e.
             treats :math:`x_{in}` as a sample of the least-noised step the
             network was trained on (our variant, not in the paper).
+        modality_screening (bool): Before anything is built, test every
+            modality with :func:`~mmdiff.data.relevance.modality_relevance`
+            (do its features predict the items' collaborative factors
+            better than the same features on permuted items?) and give BG
+            blocks only to those that pass; when none passes the model is
+            "w/o BG".  A modality without signal otherwise only adds a
+            per-user random projection of the interaction row to C-Net, which
+            lowers test recall on TikTok (docs/algorithms.md D24,
+            ``benchmarks/results/modalities.md``).  The result is kept in
+            :attr:`modality_relevance`; the torch random state is not used,
+            so with every modality kept the model is the one without
+            screening.  (default: :obj:`False`, the paper; the presets turn
+            it on)
+        screening_alpha (float): Level :math:`\alpha` of that test.
     """
     name = 'ld4mrec'
     requires_modalities = False
@@ -201,9 +222,26 @@ class LD4MRec(RowDiffusionRecommender):
         svd_seed: int = 0,
         precompute_preferences: Optional[bool] = None,
         inference_time: str = 'input',
+        modality_screening: bool = False,
+        screening_alpha: float = 0.01,
     ):
         super().__init__()
         modalities = dict(modalities or {})
+        self.modality_screening = bool(modality_screening)
+        #: ``{name: ModalityRelevance}`` of the screening (empty without).
+        self.modality_relevance: Dict[str, ModalityRelevance] = {}
+        if self.modality_screening and modalities and use_bg:
+            self.modality_relevance = modality_relevance(
+                edge_index, num_users, num_items, modalities,
+                alpha=screening_alpha, seed=svd_seed)
+            keep = relevant_modalities(self.modality_relevance)
+            if not keep:
+                warnings.warn(
+                    f"LD4MRec: no modality passed the relevance test "
+                    f"({describe_relevance(self.modality_relevance)}); "
+                    f"training the 'w/o BG' variant", stacklevel=2)
+                use_bg = False
+            modalities = {m: modalities[m] for m in keep}
         check_choice('loss_weighting', loss_weighting, LOSS_WEIGHTINGS)
         check_choice('bg_mode', bg_mode, BG_MODES)
         check_choice('inference_time', inference_time, INFERENCE_TIMES)
@@ -397,3 +435,8 @@ class LD4MRec(RowDiffusionRecommender):
                 f'svd_dim={self.svd_dim}, '
                 f'num_blocks={self.cnet.num_blocks}, use_bd={self.use_bd}, '
                 f'use_bg={self.use_bg}, use_sr={self.use_sr})')
+
+    @property
+    def dropped_modalities(self) -> List[str]:
+        r"""The modalities the screening left out (in data order)."""
+        return [m for m, r in self.modality_relevance.items() if not r.keep]
