@@ -36,7 +36,7 @@ from __future__ import annotations
 import contextlib
 import contextvars
 from dataclasses import dataclass
-from typing import Callable, Iterator, List, Optional
+from typing import Any, Callable, Iterator, List, Optional
 
 import torch
 from torch import Tensor
@@ -197,7 +197,7 @@ def current_shard() -> Optional[Shard]:
     return _CURRENT.get()
 
 
-def draw_rows(num_rows: int, draw: Callable[[int], Tensor]) -> Tensor:
+def draw_rows(num_rows: int, draw: Callable[[int], Any]) -> Any:
     r"""A per-row random draw, exact under sharding.
 
     ``draw(m)`` must return an ``[m, ...]`` tensor whose row :math:`k`
@@ -206,12 +206,16 @@ def draw_rows(num_rows: int, draw: Callable[[int], Tensor]) -> Tensor:
     ``num_rows`` is not this rank's shard size) it is ``draw(num_rows)``;
     under a shard of :math:`n_r` = ``num_rows`` rows it is
     ``draw(n)[start:stop]``, the rows this rank's samples would get in a
-    single process."""
+    single process.  ``draw`` may return a tuple of such tensors (each is
+    sliced)."""
     shard = current_shard()
     if shard is None or shard.world_size == 1 or \
             num_rows != shard.local_size:
         return draw(num_rows)
-    return shard.slice(draw(shard.global_size))
+    out = draw(shard.global_size)
+    if isinstance(out, tuple):
+        return tuple(shard.slice(x) for x in out)
+    return shard.slice(out)
 
 
 def gather_rows(x: Tensor) -> Tensor:

@@ -10,6 +10,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
+from mmdiff.sharding import draw_rows
 from mmdiff.errors import ConfigError
 from mmdiff.nn.diffusion._fused import FirstLayer
 from mmdiff.nn.diffusion.timestep import timestep_embedding
@@ -177,7 +178,10 @@ class DiffMMDenoiser(torch.nn.Module):
         if self.training and self.dropout > 0:
             # Same distribution as F.dropout (keep w.p. 1-p, scale 1/(1-p));
             # a uniform draw + compare is faster than bernoulli_ on CPU.
-            keep = torch.rand(x.shape, device=x.device) >= self.dropout
+            # Drawn per row for the global batch under a distributed
+            # trainer (mmdiff.sharding), so each row gets its own mask.
+            keep = draw_rows(x.size(0), lambda m: torch.rand(
+                (m,) + tuple(x.shape[1:]), device=x.device)) >= self.dropout
             x = (x * keep).mul_(1.0 / (1.0 - self.dropout))
         # W_1 [x ; e_t] + b_1 computed as W_1^(x) x + (W_1^(e) e_t + b_1):
         # the same value, but autograd never forms the [B, I] gradient of
