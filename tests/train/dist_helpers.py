@@ -47,11 +47,11 @@ def launch(argv: Sequence[str], world: int,
     return procs
 
 
-def run_job(argv: Sequence[str], world: int, timeout: float = 120.0
-            ) -> List[str]:
+def run_job(argv: Sequence[str], world: int, timeout: float = 300.0,
+            module: Sequence[str] = ('-m', 'mmdiff')) -> List[str]:
     r"""Runs a job to completion; every rank must exit with 0.  Returns
     the ranks' stderr."""
-    procs = launch(argv, world)
+    procs = launch(argv, world, module)
     errs = []
     try:
         for p in procs:
