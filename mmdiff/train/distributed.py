@@ -145,11 +145,14 @@ class DistributedContext:
 
 
 def _group_timeout() -> float:
+    r"""The collective timeout of the default group, in seconds (private
+    API, hence the fallback to the default)."""
     try:
         from torch.distributed.distributed_c10d import _get_default_group
-        opts = _get_default_group().options  # type: ignore[attr-defined]
-        return opts._timeout.total_seconds()
-    except Exception:  # noqa: BLE001 - older/newer torch: fall back
+        pg = _get_default_group()
+        dev = torch.device('cuda' if dist.get_backend() == 'nccl' else 'cpu')
+        return pg._get_backend(dev).options._timeout.total_seconds()
+    except Exception:  # noqa: BLE001 - other torch versions
         return DEFAULT_TIMEOUT
 
 

@@ -43,7 +43,7 @@ def launch(argv: Sequence[str], world: int,
             env.update(extra_env[r])
         procs.append(subprocess.Popen(
             [sys.executable, *module, *map(str, argv)], cwd=ROOT, env=env,
-            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True))
+            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True))
     return procs
 
 
@@ -55,7 +55,7 @@ def run_job(argv: Sequence[str], world: int, timeout: float = 300.0,
     errs = []
     try:
         for p in procs:
-            out, err = p.communicate(timeout=timeout)
+            _, err = p.communicate(timeout=timeout)
             errs.append(err)
     finally:
         for p in procs:

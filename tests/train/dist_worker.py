@@ -37,19 +37,19 @@ def main(argv=None) -> int:
     ctx = init_distributed('cpu', timeout=args.timeout)
     if ctx.rank == args.die_rank and (args.die_at is not None or
                                       args.hang_at is not None):
-        from mmdiff.nn.models.base import Recommender
-        original = Recommender.on_epoch_start
+        from mmdiff.nn.models import get_model_class
 
-        def on_epoch_start(self, epoch):
-            if epoch == args.die_at:
-                os._exit(17)
-            if epoch == args.hang_at:
-                time.sleep(3600)
-            return original(self, epoch)
-        Recommender.on_epoch_start = on_epoch_start
-        for cls in Recommender.__subclasses__():
-            if 'on_epoch_start' in vars(cls):
-                cls.on_epoch_start = on_epoch_start
+        def faulty(original):
+            def on_epoch_start(self, epoch):
+                if epoch == args.die_at:
+                    os._exit(17)
+                if epoch == args.hang_at:
+                    time.sleep(3600)
+                return original(self, epoch)
+            return on_epoch_start
+        for model in args.models:
+            cls = get_model_class(model)
+            cls.on_epoch_start = faulty(cls.on_epoch_start)
     try:
         for model in args.models:
             train_run(model, DATASET, seed=SEED, device='cpu',
