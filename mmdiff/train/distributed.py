@@ -262,9 +262,13 @@ def wrap_phase(model: torch.nn.Module, loss, parameters,
                ctx: DistributedContext
                ) -> torch.nn.parallel.DistributedDataParallel:
     r"""A :class:`~torch.nn.parallel.DistributedDataParallel` over the
-    ``parameters`` of one phase (buffers are not broadcast: every rank
-    keeps them identical by construction).  Parameters are broadcast from
-    rank 0 once, here."""
+    ``parameters`` of one phase.  Buffers are ignored (never broadcast:
+    every rank keeps them identical by construction, e.g. the step
+    sampler's history is updated from the gathered global batch).  The
+    phase's parameters are broadcast from rank 0 once, here.
+    ``find_unused_parameters`` is on, because a phase's loss need not touch
+    every parameter of the phase in every batch (one extra traversal of
+    the autograd graph per step)."""
     from torch.nn.parallel import DistributedDataParallel as DDP
     module = PhaseModule(model, loss, parameters)
     DDP._set_params_and_buffers_to_ignore_for_model(module, module.ignored)
@@ -273,5 +277,4 @@ def wrap_phase(model: torch.nn.Module, loss, parameters,
     with collective_error('DDP init', ctx):
         return DDP(module,
                    device_ids=[dev.index] if dev.type == 'cuda' else None,
-                   broadcast_buffers=False,
                    find_unused_parameters=True)

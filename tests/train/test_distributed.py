@@ -137,3 +137,28 @@ def test_wrong_loss_contract_is_detected(tmp_path, reference):
     run_job([str(tmp_path), 'mf'], 2, module=('-c', code))
     with pytest.raises(AssertionError):
         _assert_same_run(reference / 'mf', tmp_path / 'mf')
+
+
+def test_torchrun_cli_entry_point(tmp_path, reference):
+    # the documented entry point: torchrun -m mmdiff train (rank 0 writes)
+    from mmdiff.train.run import train_run  # noqa: F401 (imports warm)
+    cfg = config_of('lightgcn', EPOCHS)
+    sets = [f'{k}={v}' for k, v in cfg.items()
+            if k not in ('epochs', 'patience', 'batch_size')]
+    from dist_helpers import free_port, worker_env
+    env = worker_env(0, 1, free_port())
+    for k in ('RANK', 'LOCAL_RANK', 'WORLD_SIZE', 'LOCAL_WORLD_SIZE',
+              'MASTER_ADDR', 'MASTER_PORT'):
+        env.pop(k)
+    out = tmp_path / 'lightgcn'
+    proc = subprocess.run(
+        [sys.executable, '-m', 'torch.distributed.run', '--nproc_per_node',
+         '2', '--master_port', str(free_port()), '-m', 'mmdiff', 'train',
+         '--model', 'lightgcn', '--dataset', DATASET, '--seed', str(SEED),
+         '--epochs', str(EPOCHS), '--patience', '0', '--batch-size',
+         str(cfg['batch_size']), '--device', 'cpu', '--threads', '1',
+         '--quiet', '--out', str(out), '--set', *sets],
+        cwd=ROOT, env=env, capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr
+    assert proc.stdout.count('best epoch') == 1   # rank 0 alone reports
+    _assert_same_run(reference / 'lightgcn', out)
