@@ -83,6 +83,9 @@ class TrainingPhase:
         if self.batches not in ('triplets', 'users'):
             raise ValueError(f"phase '{self.name}': batches must be "
                              f"'triplets' or 'users', got {self.batches!r}")
+        if self.reduction not in ('mean', 'shard'):
+            raise ValueError(f"phase '{self.name}': reduction must be "
+                             f"'mean' or 'shard', got {self.reduction!r}")
 
 
 class Recommender(torch.nn.Module):
