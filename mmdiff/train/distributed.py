@@ -112,12 +112,23 @@ class DistributedContext:
         return Ranks(self.rank, self.world_size) if self.enabled else None
 
     # Collectives -------------------------------------------------------
+    @property
+    def comm_device(self) -> torch.device:
+        r"""Where collectives run: the current CUDA device for ``nccl``
+        (which reduces only CUDA tensors), else the CPU."""
+        if self.enabled and dist.get_backend() == 'nccl':
+            return torch.device('cuda', torch.cuda.current_device())
+        return torch.device('cpu')
+
     def all_reduce_sum(self, x: Tensor) -> Tensor:
-        r"""Element-wise sum over ranks (in place; identity in one
-        process)."""
+        r"""Element-wise sum over ranks, in place, on :attr:`comm_device`
+        whatever the device of ``x`` (identity in one process)."""
         if self.enabled:
             with collective_error('all_reduce', self):
-                dist.all_reduce(x, op=dist.ReduceOp.SUM)
+                y = x.to(self.comm_device)
+                dist.all_reduce(y, op=dist.ReduceOp.SUM)
+                if y is not x:
+                    x.copy_(y)
         return x
 
     def all_gather_rows(self, x: Tensor) -> Tensor:
@@ -126,7 +137,8 @@ class DistributedContext:
         if not self.enabled:
             return x
         with collective_error('all_gather', self):
-            return all_gather_varlen(x, self.world_size)
+            return all_gather_varlen(x.to(self.comm_device),
+                                     self.world_size).to(x.device)
 
     def broadcast_object(self, obj: Any, src: int = 0) -> Any:
         r"""``obj`` of rank ``src`` on every rank (pickled; small objects

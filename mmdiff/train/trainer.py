@@ -333,7 +333,8 @@ class Trainer:
         d = self.dist
         if d.enabled:
             batches = sampler.shards(d.rank, d.world_size)
-            ddp = self._ddp[self.phases.index(phase)]
+            ddp = next(m for p, m in zip(self.phases, self._ddp)
+                       if p is phase)
         else:
             batches = ((None, b) for b in sampler)
         for shard, batch in tqdm(batches, desc=phase.name, leave=False,
@@ -394,7 +395,7 @@ class Trainer:
             out = {k: v * scale for k, v in out.items()}
         keys = sorted(out)
         shares = torch.stack([out[k].detach().double().reshape(())
-                              for k in keys]).cpu()
+                              for k in keys])
         d.all_reduce_sum(shares)
         return out, dict(zip(keys, shares.tolist()))
 
