@@ -27,7 +27,7 @@ Two things make a sharded step equal to the single-process step:
    the same state.  This costs :math:`O(n \times I)` random numbers per
    rank, against :math:`O(n/N \times I \times h)` for the network.
 
-The current shard is held in a :class:`contextvars.ContextVar` for the
+The current shard is held in a ``contextvars.ContextVar`` for the
 duration of one loss call (:func:`sharded`), so models need no extra
 argument and a single process (no shard) runs its original code path.
 """
@@ -84,13 +84,14 @@ class Shard:
 
     @property
     def sum_scale(self) -> float:
-        r"""Factor of a sum over the local rows: :math:`1`
+        r"""The factor of a sum over the local rows, :math:`1`
         (:math:`1/N` if replicated)."""
         return 1.0 / self.world_size if self.replicated else 1.0
 
     @property
     def replica_scale(self) -> float:
-        r"""Factor of a term every rank computes identically: :math:`1/N`."""
+        r"""The factor of a term every rank computes identically,
+        :math:`1/N`."""
         return 1.0 / self.world_size
 
     def slice(self, x: Tensor) -> Tensor:

@@ -99,7 +99,7 @@ class TripletSampler:
 
     def shards(self, rank: int, world_size: int
                ) -> Iterator[Tuple[Shard, TripletBatch]]:
-        r"""The batches of :meth:`__iter__` (same permutation and negatives,
+        r"""The batches of ``iter(sampler)`` (same permutation and negatives,
         drawn from the same generator as one process) cut to rank
         ``rank``'s :class:`~mmdiff.sharding.Shard` of each."""
         for batch in self:
@@ -170,7 +170,7 @@ class UserRowSampler:
 
     def shards(self, rank: int, world_size: int
                ) -> Iterator[Tuple[Shard, UserBatch]]:
-        r"""The batches of :meth:`__iter__` (same permutation) cut to rank
+        r"""The batches of ``iter(sampler)`` (same permutation) cut to rank
         ``rank``'s :class:`~mmdiff.sharding.Shard` of each; only the
         shard's rows are densified (``[B/N, I]``)."""
         users = self.users

@@ -114,8 +114,8 @@ class DistributedContext:
     # Collectives -------------------------------------------------------
     @property
     def comm_device(self) -> torch.device:
-        r"""Where collectives run: the current CUDA device for ``nccl``
-        (which reduces only CUDA tensors), else the CPU."""
+        r"""The device collectives run on, the current CUDA device for
+        ``nccl`` (which reduces only CUDA tensors), else the CPU."""
         if self.enabled and dist.get_backend() == 'nccl':
             return torch.device('cuda', torch.cuda.current_device())
         return torch.device('cpu')
