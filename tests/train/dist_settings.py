@@ -18,10 +18,12 @@ _MODEL: Dict[str, Dict[str, Any]] = {
 }
 
 
-def config_of(model: str, epochs: int) -> Dict[str, Any]:
-    r"""The run configuration (preset keys) of ``model``."""
+def config_of(model: str, epochs: int, **overrides) -> Dict[str, Any]:
+    r"""The run configuration (preset keys) of ``model``; ``overrides``
+    replace entries (e.g. ``patience``, ``lr``)."""
     from mmdiff.nn.models import get_model_class
     from mmdiff.train.config import preset
     cfg = preset(get_model_class(model).name, 'synthetic')
     cfg.update(_MODEL[model], epochs=epochs, patience=0, batch_size=BATCH)
+    cfg.update(overrides)
     return cfg

@@ -27,6 +27,8 @@ def main(argv=None) -> int:
     p.add_argument('--hang-at', type=int, default=None)
     p.add_argument('--die-rank', type=int, default=1)
     p.add_argument('--timeout', type=float, default=30.0)
+    p.add_argument('--patience', type=int, default=0)
+    p.add_argument('--lr', type=float, default=None)
     args = p.parse_args(argv)
     torch.set_num_threads(1)
     warnings.simplefilter('ignore')
@@ -53,7 +55,10 @@ def main(argv=None) -> int:
     try:
         for model in args.models:
             train_run(model, DATASET, seed=SEED, device='cpu',
-                      cfg=config_of(model, args.epochs),
+                      cfg=config_of(model, args.epochs,
+                                    patience=args.patience,
+                                    **({} if args.lr is None
+                                       else {'lr': args.lr})),
                       out=os.path.join(args.out, model),
                       resume=args.resume)
     except MMDiffError as e:

@@ -162,3 +162,27 @@ def test_torchrun_cli_entry_point(tmp_path, reference):
     assert proc.returncode == 0, proc.stderr
     assert proc.stdout.count('best epoch') == 1   # rank 0 alone reports
     _assert_same_run(reference / 'lightgcn', out)
+
+
+def test_early_stopping_decision_is_shared(tmp_path):
+    # a high learning rate overfits within a few epochs: with patience 1
+    # the one-process run stops early, and so does every rank of the job
+    from mmdiff.train.run import train_run
+    one = tmp_path / 'one'
+    n = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter('ignore')
+            r, _, _ = train_run('mf', DATASET, seed=SEED, device='cpu',
+                                cfg=config_of('mf', 12, patience=1,
+                                              lr=0.05),
+                                out=str(one / 'mf'))
+    finally:
+        torch.set_num_threads(n)
+    assert r.epochs_run < 12                   # it did stop early
+    two = tmp_path / 'two'
+    run_job([str(two), 'mf', '--epochs', '12', '--patience', '1', '--lr',
+             '0.05'], 2, module=WORKER)       # both ranks exit cleanly
+    assert len(_history(two / 'mf')) == r.epochs_run
+    _assert_same_run(one / 'mf', two / 'mf')
