@@ -93,7 +93,9 @@ def worker(args) -> int:
                 return allreduce_hook(None, bucket)
             ddp.register_comm_hook(None, hook)
     steps = [len(trainer._sampler(p)) for p in trainer.phases]
+    cpu0 = time.process_time()
     result = trainer.fit()
+    cpu = time.process_time() - cpu0
     row = result.history[0]
     rec = {
         'model': cls.name, 'dataset': args.dataset, 'rank': ctx.rank,
@@ -103,6 +105,9 @@ def worker(args) -> int:
         'phase_seconds': {k[5:]: v for k, v in row.items()
                           if k.startswith('time/')},
         'peak_rss_mb': peak_rss_mb(),
+        # CPU seconds of the whole fit (training and evaluation): with
+        # ``train_seconds`` it shows how much of a core the rank had
+        'cpu_seconds': cpu,
         'phases': [p.name for p in trainer.phases],
         'steps': steps,
         'param_bytes': [4 * sum(q.numel() for q in p.parameters)
