@@ -180,6 +180,11 @@ def build_parser() -> argparse.ArgumentParser:
                         'on small shared VMs 1 is often fastest)')
     t.add_argument('--import', dest='imports', action='append', default=[],
                    metavar='MODULE', help=_IMPORT_HELP)
+    t.add_argument('--dist-timeout', type=float, default=300.0,
+                   metavar='SECONDS',
+                   help='under torchrun: seconds after which a collective '
+                        'that a dead or hung rank never joins fails and '
+                        'the job stops (default: 300)')
 
     e = sub.add_parser('evaluate', help='evaluate a saved run')
     e.add_argument('checkpoint', help='run folder or checkpoint file')
@@ -301,7 +306,25 @@ def _set_threads(n) -> None:
 
 
 def cmd_train(args) -> int:
+    r"""``mmdiff train``; under ``torchrun`` (``WORLD_SIZE`` > 1) every rank
+    runs it, data-parallel (:mod:`mmdiff.train.distributed`): rank 0 logs
+    and writes the run folder, ``--batch-size`` is the global batch."""
+    from mmdiff.train.distributed import env_world_size, init_distributed
     _set_threads(args.threads)
+    if env_world_size() > 1:
+        ctx = init_distributed(args.device, timeout=args.dist_timeout)
+        try:
+            if not ctx.is_main:
+                args.quiet, args.progress = True, False
+            return _cmd_train(args, ctx.is_main)
+        finally:
+            import torch.distributed as dist
+            if dist.is_initialized():
+                dist.destroy_process_group()
+    return _cmd_train(args, True)
+
+
+def _cmd_train(args, main_rank: bool) -> int:
     if args.resume:
         from mmdiff.train.checkpoint import load_checkpoint
         from mmdiff.errors import CheckpointError
@@ -337,6 +360,8 @@ def cmd_train(args) -> int:
             device=args.device, cfg=cfg, out=args.out,
             progress=args.progress, log=None if args.quiet else print,
             cpu_fallback=args.cpu_fallback, imports=imports or None)
+    if not main_rank:
+        return 0
     m = result.metrics_dict()
     print(f"\nbest epoch {result.best_epoch} (validation-selected), "
           f"{result.epochs_run} epochs, "

@@ -115,6 +115,9 @@ def full_ranking_metrics(
     ks: Sequence[int] = (10, 20),
     chunk_size: int = 1024,
     device: Optional[torch.device] = None,
+    rank: int = 0,
+    world_size: int = 1,
+    all_reduce: Optional[Callable[[Tensor], Tensor]] = None,
 ) -> Dict[str, float]:
     r"""Full-ranking Recall/NDCG/Precision/HitRate at several cut-offs.
 
@@ -129,6 +132,17 @@ def full_ranking_metrics(
         ks (sequence of int): Cut-offs.  (default: ``(10, 20)``)
         chunk_size (int): Users scored at once.  (default: ``1024``)
         device (torch.device, optional): Where scores are computed.
+        rank (int): This process's rank in a sharded evaluation: it scores
+            the user chunks :math:`c` with :math:`c \bmod N = r`.
+            (default: ``0``)
+        world_size (int): :math:`N`.  (default: ``1``)
+        all_reduce (callable, optional): In-place sum over ranks of a
+            float64 tensor (needed when ``world_size > 1``).  The
+            ``[chunks, metrics]`` table of per-chunk sums is all-reduced
+            (every entry comes from exactly one rank, so the reduction adds
+            zeros only) and summed in chunk order: the result equals the
+            single-process one exactly, and the average is over all
+            evaluated users, never an average of per-rank averages.
 
     Returns:
         ``{'recall@10': ..., 'ndcg@10': ..., 'precision@10': ...,
@@ -144,8 +158,17 @@ def full_ranking_metrics(
     if train is not None:
         r_crow, r_col = _csr_parts(train, num_users, num_items)
     max_k = max(ks)
-    sums = {f'{m}@{k}': 0.0 for k in ks for m in METRIC_NAMES}
-    for start in range(0, users.numel(), chunk_size):
+    if world_size > 1 and all_reduce is None:
+        raise ValueError("a sharded evaluation (world_size > 1) needs "
+                         "all_reduce")
+    if not 0 <= rank < world_size:
+        raise ValueError(f"rank {rank} is not in [0, {world_size})")
+    keys = [f'{m}@{k}' for k in ks for m in METRIC_NAMES]
+    starts = range(0, users.numel(), chunk_size)
+    table = torch.zeros(len(starts), len(keys), dtype=torch.float64)
+    for c, start in enumerate(starts):
+        if c % world_size != rank:
+            continue
         b = users[start:start + chunk_size]
         scores = score_fn(b.to(device)).float()
         if scores.shape != (b.numel(), num_items):
@@ -156,8 +179,14 @@ def full_ranking_metrics(
                    if train is not None else None)
         hits = topk_hits(scores, tgt, max_k, exclude)
         per_user = metrics_from_hits(hits, tgt.sum(1), ks)
-        for key, v in per_user.items():
-            sums[key] += float(v.sum())
+        table[c] = torch.tensor([float(per_user[key].sum()) for key in keys],
+                                dtype=torch.float64)
+    if world_size > 1:
+        table = all_reduce(table)
+    sums = {key: 0.0 for key in keys}
+    for row in table.tolist():  # chunk order, as one process adds them
+        for key, v in zip(keys, row):
+            sums[key] += v
     n = max(int(users.numel()), 1)
     out = {key: v / n for key, v in sums.items()}
     out['num_users'] = int(users.numel())

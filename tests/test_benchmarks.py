@@ -240,3 +240,26 @@ def test_seed_table_pairs_variants_with_the_reference_by_seed(results):
     ref = next(ln for ln in part.splitlines()
                if ln.startswith('diffmm: mean'))
     assert 'Paired' not in ref
+
+
+def test_distributed_report_speedup_and_bytes_per_step():
+    import distributed
+
+    def rec(world, rank, secs, rss, allreduce=()):
+        return {'model': 'lightgcn', 'dataset': 'sports', 'rank': rank,
+                'world': world, 'threads': 1, 'num_users': 10,
+                'num_items': 5, 'train_seconds': secs,
+                'phase_seconds': {'bpr': secs, 'train': secs, 'eval': 1.0,
+                                  'epoch': secs + 1},
+                'peak_rss_mb': rss, 'phases': ['bpr'], 'steps': [4],
+                'param_bytes': [4 * 2 ** 20], 'allreduce_bytes':
+                list(allreduce)}
+    runs = {'lightgcn': {1: [rec(1, 0, 8.0, 100)],
+                         2: [rec(2, 0, 5.0, 90, [16 * 2 ** 20]),
+                             rec(2, 1, 4.0, 91, [16 * 2 ** 20])]}}
+    md = distributed.report(runs, [], 'cmd')
+    rows = [ln for ln in md.splitlines() if ln.startswith('| lightgcn')]
+    assert '| 1 x 1 | 8.0 | 1.00x |' in rows[0]
+    # the slowest rank sets the epoch time; bytes per step = total / steps
+    assert '| 2 x 1 | 5.0 | 1.60x |' in rows[1]
+    assert 'bpr: 4.00 MiB' in rows[1] and '90 / 91' in rows[1]

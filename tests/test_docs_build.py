@@ -36,7 +36,8 @@ PACKAGES = ['mmdiff.nn', 'mmdiff.nn.conv', 'mmdiff.nn.diffusion',
             'mmdiff.graph', 'mmdiff.train', 'mmdiff.metrics']
 
 GUIDE = ['guide/install', 'guide/data', 'guide/models', 'guide/cli',
-         'guide/benchmarks', 'guide/guarantees', 'guide/examples',
+         'guide/benchmarks', 'guide/guarantees', 'guide/distributed',
+         'guide/examples',
          'algorithms', 'hyperparameters', 'extending', 'api/index']
 
 

@@ -20,6 +20,7 @@ from torch import Tensor
 from mmdiff.checks import check_int
 from mmdiff.errors import DataError
 from mmdiff.data.batch import TripletBatch, UserBatch
+from mmdiff.sharding import Shard, shard_of
 
 
 def _check_batch_size(batch_size: int) -> int:
@@ -96,6 +97,17 @@ class TripletSampler:
         for start in range(0, E, self.batch_size):
             sl = slice(start, start + self.batch_size)
             yield TripletBatch(users[sl], pos[sl], neg[sl])
+
+    def shards(self, rank: int, world_size: int
+               ) -> Iterator[Tuple[Shard, TripletBatch]]:
+        r"""The batches of ``iter(sampler)`` (same permutation and negatives,
+        drawn from the same generator as one process) cut to rank
+        ``rank``'s :class:`~mmdiff.sharding.Shard` of each."""
+        for batch in self:
+            shard = shard_of(batch.users.numel(), rank, world_size)
+            sl = slice(shard.start, shard.stop)
+            yield shard, TripletBatch(batch.users[sl], batch.pos[sl],
+                                      batch.neg[sl])
 
 
 def _row_entries(crow: Tensor, col: Tensor, users: Tensor
@@ -197,3 +209,18 @@ class UserRowSampler:
         for start in range(0, users.numel(), self.batch_size):
             b = users[start:start + self.batch_size]
             yield UserBatch(b, sparse_rows=self.sparse_rows(b))
+
+    def shards(self, rank: int, world_size: int
+               ) -> Iterator[Tuple[Shard, UserBatch]]:
+        r"""The batches of ``iter(sampler)`` (same permutation) cut to rank
+        ``rank``'s :class:`~mmdiff.sharding.Shard` of each; only the
+        shard's rows are sliced (``[B/N, I]``)."""
+        users = self.users
+        if self.shuffle:
+            users = users[torch.randperm(users.numel(),
+                                         generator=self.generator)]
+        for start in range(0, users.numel(), self.batch_size):
+            b = users[start:start + self.batch_size]
+            shard = shard_of(b.numel(), rank, world_size)
+            b = b[shard.start:shard.stop]
+            yield shard, UserBatch(b, self.rows(b))

@@ -7,6 +7,12 @@ best weights restored, a final test evaluation.  Optionally (``out_dir``) it
 writes the history as CSV and JSONL, an atomic checkpoint every epoch (model,
 optimisers, RNG and sampler state, early-stopping state) from which
 :meth:`Trainer.fit` resumes exactly, and ``metrics.json``.
+
+Under ``torchrun`` (an initialised process group, or ``dist=``) the same
+loop is data-parallel and equal to one process with the same global batch
+(:mod:`mmdiff.train.distributed`): batches are sharded over ranks, gradients
+averaged by :class:`~torch.nn.parallel.DistributedDataParallel`,
+evaluation sharded over users, and rank 0 writes every file.
 """
 from __future__ import annotations
 
@@ -42,6 +48,12 @@ from mmdiff.train.checkpoint import (
     atomic_write_text,
     load_checkpoint,
     state_dict_mismatch,
+)
+from mmdiff.sharding import ranks_context, sharded
+from mmdiff.train.distributed import (
+    DistributedContext,
+    collective_error,
+    wrap_phase,
 )
 from mmdiff.train.seed import resolve_device, seed_everything
 
@@ -111,6 +123,11 @@ class Trainer:
         config (dict, optional): Saved in checkpoints, so that a run can be
             rebuilt (CLI ``evaluate`` / ``recommend``).
         max_grad_norm (float, optional): Clip gradients to this norm.
+        dist (DistributedContext, optional): The data-parallel job this
+            process is a rank of (default: the initialised default process
+            group, if any, else one process).  Every rank must build the
+            same model and trainer with the same seed; ``batch_size`` is
+            the *global* batch.
     """
 
     def __init__(
@@ -134,6 +151,7 @@ class Trainer:
         log: Optional[Callable[[str], None]] = None,
         config: Optional[Dict[str, Any]] = None,
         max_grad_norm: Optional[float] = None,
+        dist: Optional[DistributedContext] = None,
     ):
         self.epochs = check_int('epochs', epochs, 0)
         self.batch_size = check_int('batch_size', batch_size, 1)
@@ -184,6 +202,13 @@ class Trainer:
                           f"{', '.join(idle[:5])}"
                           + (' ...' if len(idle) > 5 else ''), UserWarning)
         self._csr = None
+        self.dist = dist if dist is not None else \
+            DistributedContext.current()
+        if self.dist.enabled:
+            # One DDP per phase (each has its own parameters and optimiser);
+            # rank 0's parameters are broadcast here.
+            self._ddp = [wrap_phase(model, p.loss, p.parameters, self.dist)
+                         for p in self.phases]
 
     @staticmethod
     def _parameter_ids(phases) -> List[set]:
@@ -229,7 +254,9 @@ class Trainer:
         self.model.prepare_scoring()
         return full_ranking_metrics(
             self.model.score, target, self._U, self._I, train=self._train,
-            ks=ks or self.ks, chunk_size=self.eval_chunk, device=self.device)
+            ks=ks or self.ks, chunk_size=self.eval_chunk, device=self.device,
+            rank=self.dist.rank, world_size=self.dist.world_size,
+            all_reduce=self.dist.all_reduce_sum)
 
     def _state(self, epoch, best, history) -> Dict[str, Any]:
         return {
@@ -251,7 +278,7 @@ class Trainer:
         }
 
     def _write_history(self, history: List[Dict[str, Any]]) -> None:
-        if self.out_dir is None:
+        if self.out_dir is None or not self.dist.is_main:
             return
         atomic_write_text(''.join(json.dumps(r) + '\n' for r in history),
                           self.out_dir / 'history.jsonl')
@@ -303,11 +330,23 @@ class Trainer:
         sums: Dict[str, float] = {}
         n = 0
         sampler = self._sampler(phase)
-        for batch in tqdm(sampler, desc=phase.name, leave=False,
-                          disable=not self.progress):
+        d = self.dist
+        if d.enabled:
+            batches = sampler.shards(d.rank, d.world_size)
+            ddp = next(m for p, m in zip(self.phases, self._ddp)
+                       if p is phase)
+        else:
+            batches = ((None, b) for b in sampler)
+        for shard, batch in tqdm(batches, desc=phase.name, leave=False,
+                                 total=len(sampler),
+                                 disable=not self.progress):
             batch = batch.to(self.device)
-            out = phase.loss(batch)
-            values = {k: float(v.detach()) for k, v in out.items()}
+            if shard is None:
+                out = phase.loss(batch)
+                values = {k: float(v.detach()) for k, v in out.items()}
+            else:
+                out, values = self._sharded_loss(ddp, phase, shard, batch,
+                                                 epoch)
             bad = [k for k, v in values.items()
                    if not math.isfinite(v)]
             if bad:
@@ -326,13 +365,39 @@ class Trainer:
             for k, v in values.items():
                 sums[k] = sums.get(k, 0.0) + v
             opt.zero_grad(set_to_none=True)
-            out['loss'].backward()
+            if shard is None:
+                out['loss'].backward()
+            else:
+                with collective_error('gradient all-reduce', d,
+                                      f' (epoch {epoch}, phase '
+                                      f'{phase.name!r})'):
+                    # DDP averages over ranks: N * share sums the shares.
+                    (out['loss'] * d.world_size).backward()
             if self.max_grad_norm:
                 torch.nn.utils.clip_grad_norm_(phase.parameters,
                                                self.max_grad_norm)
             opt.step()
             n += 1
         return sums, n
+
+    def _sharded_loss(self, ddp, phase: TrainingPhase, shard, batch,
+                      epoch: int) -> Tuple[Dict[str, Tensor],
+                                           Dict[str, float]]:
+        r"""This rank's additive share of the phase loss on its shard of a
+        global batch, and the global logged values (shares all-reduced, so
+        that every rank sees, and stops on, the same non-finite loss)."""
+        d = self.dist
+        with sharded(shard), collective_error(
+                'forward', d, f' (epoch {epoch}, phase {phase.name!r})'):
+            out = ddp(batch)
+        if phase.reduction == 'mean':
+            scale = shard.mean_scale
+            out = {k: v * scale for k, v in out.items()}
+        keys = sorted(out)
+        shares = torch.stack([out[k].detach().double().reshape(())
+                              for k in keys])
+        d.all_reduce_sum(shares)
+        return out, dict(zip(keys, shares.tolist()))
 
     # ------------------------------------------------------------------
     def fit(self) -> FitResult:
@@ -354,7 +419,7 @@ class Trainer:
             start = ckpt['epoch'] + 1
             self.log(f"resumed from {self.out_dir / 'checkpoint.pt'} at "
                      f"epoch {start}")
-        if self.out_dir is not None:
+        if self.out_dir is not None and self.dist.is_main:
             self.out_dir.mkdir(parents=True, exist_ok=True)
             atomic_write_text(json.dumps(self.config, indent=2, default=str),
                               self.out_dir / 'config.json')
@@ -385,7 +450,10 @@ class Trainer:
                 if phase.after is not None:
                     after = phase.after_name or f'{phase.name}_after'
                     with torch.no_grad(), \
-                            torch.profiler.record_function(f'phase/{after}'):
+                            torch.profiler.record_function(f'phase/{after}'), \
+                            ranks_context(self.dist.ranks), \
+                            collective_error('after-phase hook', self.dist,
+                                             f' ({after}, epoch {epoch})'):
                         extra = phase.after() or {}
                     row.update({f'{phase.name}/{k}': v
                                 for k, v in extra.items()})
@@ -409,7 +477,11 @@ class Trainer:
                         best['test_metrics'] = dict(test)
                 if not has_val:
                     score = epoch  # no validation split: keep the last epoch
-                if score > best['score']:
+                # Taken once (rank 0) and broadcast, so that every rank
+                # keeps the same best state and stops at the same epoch.
+                improved = self.dist.broadcast_object(
+                    bool(score > best['score']))
+                if improved:
                     best.update(score=score, epoch=epoch, bad=0, state={
                         k: v.detach().clone().cpu()
                         for k, v in model.state_dict().items()
@@ -419,8 +491,8 @@ class Trainer:
                         if not isinstance(v, Tensor)})
                 else:
                     best['bad'] += 1
-                if self.patience and best['bad'] >= self.patience:
-                    stop = True
+                stop = self.dist.broadcast_object(
+                    bool(self.patience and best['bad'] >= self.patience))
             row['time/epoch'] = time.perf_counter() - t_epoch
             epoch_times.append(row['time/train'])
             for k, v in row.items():
@@ -429,7 +501,7 @@ class Trainer:
             history.append(row)
             self.log(self._line(row))
             self._write_history(history)
-            if self.out_dir is not None:
+            if self.out_dir is not None and self.dist.is_main:
                 atomic_save(self._state(epoch, best, history),
                             self.out_dir / 'checkpoint.pt')
 
@@ -450,7 +522,7 @@ class Trainer:
                            if k not in ('epoch',)},
             history=history,
         )
-        if self.out_dir is not None:
+        if self.out_dir is not None and self.dist.is_main:
             atomic_save({'format': FORMAT,
                          'model_name': getattr(model, 'name', ''),
                          'num_users': self._U, 'num_items': self._I,
@@ -459,6 +531,8 @@ class Trainer:
                         self.out_dir / 'best_model.pt')
             atomic_write_text(json.dumps(result.metrics_dict(), indent=2),
                               self.out_dir / 'metrics.json')
+        # the files of rank 0 exist when any rank returns
+        self.dist.barrier()
         return result
 
     def _line(self, row: Dict[str, Any]) -> str:

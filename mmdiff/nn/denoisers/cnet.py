@@ -32,6 +32,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from mmdiff.sharding import current_shard, draw_rows
 from mmdiff.checks import check_int
 from mmdiff.errors import ConfigError
 
@@ -343,7 +344,16 @@ class CNet(nn.Module):
         e = self._prefs(prefs)
         if t_f.size(0) != x_t.size(0):
             t_f = t_f.expand(x_t.size(0), -1)
-        x = self.dropout(x_t)
+        shard = current_shard()
+        if shard is not None and self.training and self.dropout.p > 0:
+            # the mask nn.Dropout draws for the global batch, this rank's
+            # rows of it (mmdiff.sharding)
+            p = self.dropout.p
+            x = x_t * draw_rows(x_t.size(0), lambda m: F.dropout(
+                torch.ones((m,) + tuple(x_t.shape[1:]), dtype=x_t.dtype,
+                           device=x_t.device), p))
+        else:
+            x = self.dropout(x_t)
         if self.use_bd:
             if c is None:
                 raise ValueError("CNet: the collaborative signal c is "

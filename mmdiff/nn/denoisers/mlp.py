@@ -10,6 +10,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
+from mmdiff.sharding import draw_rows
 from mmdiff.errors import ConfigError
 from mmdiff.nn.diffusion._fused import FirstLayer
 from mmdiff.nn.diffusion.timestep import timestep_embedding
@@ -177,11 +178,14 @@ class DiffMMDenoiser(torch.nn.Module):
         if self.training and self.dropout > 0:
             # Same distribution as F.dropout (keep w.p. 1-p, scale 1/(1-p));
             # a uniform draw + compare is faster than bernoulli_ on CPU.
+            # Drawn per row for the global batch under a distributed
+            # trainer (mmdiff.sharding), so each row gets its own mask.
             # In float32 the mask is made in place in the uniform draw's
             # buffer (1.0 / 0.0) and the rows multiplied into it: the same
             # numbers as x * (u >= p), without a bool mask, its conversion
             # or another [B, I] buffer.
-            keep = torch.rand(x.shape, device=x.device)
+            keep = draw_rows(x.size(0), lambda m: torch.rand(
+                (m,) + tuple(x.shape[1:]), device=x.device))
             if x.dtype == keep.dtype:
                 x = keep.ge_(self.dropout).mul_(x)
             else:

@@ -21,6 +21,7 @@ from mmdiff.checks import check_float, check_int
 from mmdiff.data.hetero import csr_entries
 from mmdiff.errors import ConfigError
 from mmdiff.nn.diffusion.step_sampler import ImportanceStepSampler
+from mmdiff.sharding import draw_rows, gather_rows
 
 #: Per-sample weights of the :math:`x_0` squared error
 #: (:meth:`GaussianDiffusion.loss_weights`).
@@ -153,8 +154,10 @@ class GaussianDiffusion(torch.nn.Module):
         dense ``x0`` or its ``[B, I]`` product."""
         if x0.layout == torch.sparse_csr:
             if noise is None:
-                noise = torch.randn(x0.shape, dtype=x0.dtype,
-                                    device=x0.device)
+                # per-row draw: exact when a distributed trainer shards rows
+                noise = draw_rows(x0.size(0), lambda m: torch.randn(
+                    (m,) + tuple(x0.shape[1:]), dtype=x0.dtype,
+                    device=x0.device))
             else:
                 noise = noise.clone()
             x_t = noise.mul_(self._extract(
@@ -164,7 +167,10 @@ class GaussianDiffusion(torch.nn.Module):
             x_t[row, col] = x_t[row, col] + signal
             return x_t
         if noise is None:
-            noise = torch.randn_like(x0)
+            # per-row draw: exact when a distributed trainer shards rows
+            noise = draw_rows(x0.size(0), lambda m: torch.randn(
+                (m,) + tuple(x0.shape[1:]), dtype=x0.dtype,
+                device=x0.device))
         else:
             noise = noise.clone()
         x_t = x0 * self._extract(self.sqrt_alphas_cumprod, t, x0)
@@ -243,10 +249,13 @@ class GaussianDiffusion(torch.nn.Module):
         if x0.layout != torch.strided and fused is None:
             x0 = x0.to_dense()
         B = x0.size(0)
+        # Steps are drawn per row for the global batch (mmdiff.sharding).
         if step_sampler is not None:
-            t, is_weight = step_sampler.sample(B, device=x0.device)
+            t, is_weight = draw_rows(B, lambda m: step_sampler.sample(
+                m, device=x0.device))
         else:
-            t, is_weight = self.sample_steps(B, device=x0.device), None
+            t, is_weight = draw_rows(B, lambda m: self.sample_steps(
+                m, device=x0.device)), None
         x_t = self.q_sample(x0 if x_start is None else x_start, t)
         weights = self.loss_weights(t, weighting)
         out: Dict[str, Optional[Tensor]] = {'t': t, 'x_t': x_t,
@@ -265,7 +274,9 @@ class GaussianDiffusion(torch.nn.Module):
                     else per_sample * is_weight).mean()
             out['x_hat'] = x_hat
         if step_sampler is not None:
-            step_sampler.update(t, weights * mse.detach())
+            # the history sees the global batch, in global row order
+            step_sampler.update(gather_rows(t),
+                                gather_rows(weights * mse.detach()))
         out['loss'] = loss
         out['mse'] = mse.detach()
         return out

@@ -325,10 +325,12 @@ class InteractionDiffusion(torch.nn.Module):
 
 
 def _row_batches(source, num_users: int, batch_size: int,
-                 device: torch.device) -> Iterator[Tuple[Tensor, Tensor]]:
+                 device: torch.device, batches: Optional[range] = None
+                 ) -> Iterator[Tuple[Tensor, Tensor]]:
     r"""``(users [B], rows [B, I] as a 0/1 sparse CSR tensor)`` for
-    consecutive user batches, sliced from the CSR structure (no dense
-    ``[U, I]``, no Python loop over users)."""
+    consecutive user batches (only the batch numbers in ``batches``, if
+    given), sliced from the CSR structure (no dense ``[U, I]``, no Python
+    loop over users)."""
     from mmdiff.data.samplers import UserRowSampler
     if isinstance(source, UserRowSampler):
         crow, col = source.crow, source.col
@@ -343,7 +345,9 @@ def _row_batches(source, num_users: int, batch_size: int,
         raise DataError(f"the interaction matrix has {n_rows} rows, expected "
                         f"{num_users} users")
     crow, col = crow.to(device), col.to(device)
-    for start in range(0, num_users, batch_size):
+    starts = range(0, num_users, batch_size)
+    for start in (starts if batches is None else starts[batches.start:
+                                                        batches.stop]):
         end = min(start + batch_size, num_users)
         lo, hi = int(crow[start]), int(crow[end])
         rows = torch.sparse_csr_tensor(
@@ -356,18 +360,23 @@ def _row_batches(source, num_users: int, batch_size: int,
 def generate_topk_edges(diffusion: InteractionDiffusion, csr_or_sampler,
                         num_users: int, num_items: int, k: int,
                         batch_size: int = 1024,
-                        exclude_observed: bool = False) -> Tensor:
+                        exclude_observed: bool = False,
+                        batches: Optional[range] = None) -> Tensor:
     r"""Denoises every user's training row (in batches of ``batch_size``,
     in user order) and keeps the top-``k`` items of each generated row:
     ``[2, U * k]`` (user, item) edges on the denoiser's device
     (docs/algorithms.md §2.6 steps 1-2).  Observed items are candidates unless
-    ``exclude_observed`` (DiffMM keeps them, D5)."""
+    ``exclude_observed`` (DiffMM keeps them, D5).
+
+    ``batches`` (a range of batch numbers) restricts the pass to those user
+    batches, e.g. one rank's share of a sharded regeneration; the edges of
+    consecutive ranges concatenated in order are those of the full pass."""
     check_int('rebuild k', k, 1, num_items)
     device = diffusion._device()
     parts = []
     try:
         for users, rows in _row_batches(csr_or_sampler, num_users,
-                                        batch_size, device):
+                                        batch_size, device, batches):
             if rows.size(1) != num_items:
                 raise DataError(f"interaction rows have {rows.size(1)} "
                                 f"columns, expected {num_items}")
@@ -377,6 +386,8 @@ def generate_topk_edges(diffusion: InteractionDiffusion, csr_or_sampler,
                                       items.reshape(-1)]))
     finally:
         diffusion.clear_cache()
+    if not parts:
+        return torch.empty(2, 0, dtype=torch.long, device=device)
     return torch.cat(parts, dim=1)
 
 

@@ -58,6 +58,15 @@ class TrainingPhase:
             consumed all its batches; may return a dict of logged values.
         after_name (str, optional): Name under which the time of ``after``
             is logged (``time/<after_name>``; default ``<name>_after``).
+        reduction (str): How ``loss`` behaves when a distributed trainer
+            shards a batch over ranks (:mod:`mmdiff.sharding`).
+            ``'mean'``: every returned entry is a mean over the batch's
+            rows (the trainer weights it by :math:`n_r/n`).  ``'shard'``:
+            ``loss`` reads :func:`~mmdiff.sharding.current_shard` and returns
+            this rank's additive share of every entry itself (entries
+            that are sums over rows divided by a constant, or terms shared
+            by all rows).  In one process both are the plain loss.
+            (default: ``'mean'``)
     """
     name: str
     batches: str
@@ -68,11 +77,15 @@ class TrainingPhase:
     batch_size: Optional[int] = None
     after: Optional[Callable[[], Optional[Dict[str, float]]]] = None
     after_name: Optional[str] = None
+    reduction: str = 'mean'
 
     def __post_init__(self):
         if self.batches not in ('triplets', 'users'):
             raise ValueError(f"phase '{self.name}': batches must be "
                              f"'triplets' or 'users', got {self.batches!r}")
+        if self.reduction not in ('mean', 'shard'):
+            raise ValueError(f"phase '{self.name}': reduction must be "
+                             f"'mean' or 'shard', got {self.reduction!r}")
 
 
 class Recommender(torch.nn.Module):

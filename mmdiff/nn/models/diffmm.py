@@ -62,6 +62,7 @@ from mmdiff.nn.models.base import (
     TripletBatch,
     UserBatch,
 )
+from mmdiff.sharding import all_gather_varlen, current_ranks, current_shard
 
 #: ``precision`` values: what runs in bfloat16 (CPU/CUDA autocast).
 PRECISIONS = ('float32', 'bf16-denoiser', 'bf16')
@@ -516,7 +517,8 @@ class DiffMM(Recommender):
                 after_name='regenerate'))
         out.append(TrainingPhase(
             'bpr', 'triplets', self.bpr_loss, self.main_parameters(),
-            lr=self.lr, weight_decay=0.0, batch_size=self.batch_size))
+            lr=self.lr, weight_decay=0.0, batch_size=self.batch_size,
+            reduction='shard'))
         return out
 
     def on_epoch_start(self, epoch: int) -> None:
@@ -583,10 +585,20 @@ class DiffMM(Recommender):
         U, I = self.num_users, self.num_items
         csr = self.interaction_matrix()
         graphs, eval_graphs, observed = [], [], []
+        # Under a distributed trainer each rank denoises a contiguous block
+        # of user batches and the edges are gathered in batch order: the
+        # same edges as one process.  The reverse process with sampling
+        # noise draws per batch, so it runs replicated instead.
+        ranks = None if self.sampling_noise else current_ranks()
+        blocks = None if ranks is None else ranks.block_range(
+            -(-U // self.batch_size))
         for diff in self.denoisers:
             edges = generate_topk_edges(diff, csr, U, I, self.rebuild_k,
                                         self.batch_size,
-                                        self.exclude_observed)
+                                        self.exclude_observed, blocks)
+            if ranks is not None:
+                edges = all_gather_varlen(edges.t().contiguous(),
+                                          ranks.world_size).t()
             observed.append(self._observed_fraction(edges))
             ei, w = normalized_edges(edges, U, I, add_self_loops=True)
             graphs.append(dropout_normalized_edges(ei, w, self.keep_rate))
@@ -643,7 +655,9 @@ class DiffMM(Recommender):
 
     def bpr_loss(self, batch: TripletBatch) -> Dict[str, Tensor]:
         r"""BPR (divided by the nominal batch) + L2 on the full ID tables +
-        InfoNCE (docs/algorithms.md §2.7)."""
+        InfoNCE (docs/algorithms.md §2.7).  Under a sharded batch
+        (:func:`~mmdiff.sharding.current_shard`) every entry is this rank's
+        additive share (phase ``reduction='shard'``)."""
         self._scores = None
         views = None
         if self._needs_views():
@@ -656,6 +670,14 @@ class DiffMM(Recommender):
         bpr = -F.logsigmoid(diff).sum() / self.batch_size
         reg = self.reg * (self.user_emb.square().sum() +
                           self.item_emb.square().sum())
+        # Under a sharded batch: this rank's additive share of every term
+        # (the BPR sum is already one; the full-table L2 is shared by all
+        # ranks; InfoNCE is a mean over the batch's anchors against all
+        # nodes, so it is weighted by n_r / n).
+        shard = current_shard()
+        if shard is not None:
+            bpr = bpr * shard.sum_scale
+            reg = reg * shard.replica_scale
         loss = bpr + reg
         cl = loss.new_zeros(())
         if views is not None:
@@ -671,6 +693,8 @@ class DiffMM(Recommender):
                 cl = info_nce(eu, [v[0] for v in views], users, t, bf16=bf) \
                     + info_nce(ei, [v[1] for v in views], pos, t, bf16=bf)
             cl = self.ssl_reg * cl
+            if shard is not None:
+                cl = cl * shard.mean_scale
             loss = loss + cl
         return {'loss': loss, 'bpr': bpr.detach(), 'reg': reg.detach(),
                 'cl': cl.detach()}

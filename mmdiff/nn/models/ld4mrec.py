@@ -15,6 +15,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 from torch_geometric.data import HeteroData
 
+from mmdiff.sharding import draw_rows
 from mmdiff.checks import (
     check_choice,
     check_float,
@@ -66,7 +67,9 @@ def soft_reconstruct(x: Tensor, prob: float, gamma: float,
     """
     if prob <= 0.0:
         return x
-    mask = torch.rand(x.shape, device=x.device, generator=generator) < prob
+    mask = draw_rows(x.size(0), lambda m: torch.rand(
+        (m,) + tuple(x.shape[1:]), device=x.device,
+        generator=generator)) < prob
     return torch.where(mask, x * (1.0 - 2.0 * gamma) + gamma, x)
 
 
