@@ -201,13 +201,17 @@ class UserRowSampler:
         tensor (columns sorted within every row)."""
         return sparse_rows(self.crow, self.col, users, self.num_items)
 
-    def __iter__(self) -> Iterator[UserBatch]:
+    def _user_batches(self) -> Iterator[Tensor]:
+        r"""The epoch's user-id batches (one permutation when shuffling)."""
         users = self.users
         if self.shuffle:
             users = users[torch.randperm(users.numel(),
                                          generator=self.generator)]
         for start in range(0, users.numel(), self.batch_size):
-            b = users[start:start + self.batch_size]
+            yield users[start:start + self.batch_size]
+
+    def __iter__(self) -> Iterator[UserBatch]:
+        for b in self._user_batches():
             yield UserBatch(b, sparse_rows=self.sparse_rows(b))
 
     def shards(self, rank: int, world_size: int
@@ -215,12 +219,7 @@ class UserRowSampler:
         r"""The batches of ``iter(sampler)`` (same permutation) cut to rank
         ``rank``'s :class:`~mmdiff.sharding.Shard` of each; only the
         shard's rows are sliced (``[B/N, I]``)."""
-        users = self.users
-        if self.shuffle:
-            users = users[torch.randperm(users.numel(),
-                                         generator=self.generator)]
-        for start in range(0, users.numel(), self.batch_size):
-            b = users[start:start + self.batch_size]
+        for b in self._user_batches():
             shard = shard_of(b.numel(), rank, world_size)
             b = b[shard.start:shard.stop]
-            yield shard, UserBatch(b, self.rows(b))
+            yield shard, UserBatch(b, sparse_rows=self.sparse_rows(b))

@@ -152,20 +152,6 @@ class GaussianDiffusion(torch.nn.Module):
         only — the same numbers as for the dense ``x0`` (the same noise
         draw, the same two products and one sum per entry), without the
         dense ``x0`` or its ``[B, I]`` product."""
-        if x0.layout == torch.sparse_csr:
-            if noise is None:
-                # per-row draw: exact when a distributed trainer shards rows
-                noise = draw_rows(x0.size(0), lambda m: torch.randn(
-                    (m,) + tuple(x0.shape[1:]), dtype=x0.dtype,
-                    device=x0.device))
-            else:
-                noise = noise.clone()
-            x_t = noise.mul_(self._extract(
-                self.sqrt_one_minus_alphas_cumprod, t, noise))
-            row, col, val = csr_entries(x0)
-            signal = self.sqrt_alphas_cumprod[t].to(x0.dtype)[row] * val
-            x_t[row, col] = x_t[row, col] + signal
-            return x_t
         if noise is None:
             # per-row draw: exact when a distributed trainer shards rows
             noise = draw_rows(x0.size(0), lambda m: torch.randn(
@@ -173,6 +159,13 @@ class GaussianDiffusion(torch.nn.Module):
                 device=x0.device))
         else:
             noise = noise.clone()
+        if x0.layout == torch.sparse_csr:
+            x_t = noise.mul_(self._extract(
+                self.sqrt_one_minus_alphas_cumprod, t, noise))
+            row, col, val = csr_entries(x0)
+            signal = self.sqrt_alphas_cumprod[t].to(x0.dtype)[row] * val
+            x_t[row, col] = x_t[row, col] + signal
+            return x_t
         x_t = x0 * self._extract(self.sqrt_alphas_cumprod, t, x0)
         return x_t.add_(noise.mul_(self._extract(
             self.sqrt_one_minus_alphas_cumprod, t, x0)))
