@@ -102,6 +102,25 @@ def _sim_logsumexp(a: Tensor, q: Tensor, K: int, bound: float,
     return torch.logsumexp(sim.view(sim.size(0), K, -1), dim=2)
 
 
+#: Columns per float32 partial sum of a reduced-precision similarity block.
+SUM_COLUMNS = 512
+
+
+def _block_sums(e: Tensor, K: int) -> Tensor:
+    r"""Float32 row sums of each of the ``K`` column blocks of ``e``,
+    ``[A, K]``.  A bfloat16 ``e`` is summed in float32 ``SUM_COLUMNS``
+    columns at a time: a float32 sum of the whole block would first copy
+    it into a fresh float32 tensor twice its size."""
+    v = e.unflatten(1, (K, -1))
+    if e.dtype == torch.float32:
+        return v.sum(dim=2)
+    total = v[:, :, :SUM_COLUMNS].sum(dim=2, dtype=torch.float32)
+    for start in range(SUM_COLUMNS, v.size(2), SUM_COLUMNS):
+        total += v[:, :, start:start + SUM_COLUMNS].sum(
+            dim=2, dtype=torch.float32)
+    return total
+
+
 class _BoundedSimLogSumExp(torch.autograd.Function):
     r"""``logsumexp_j (a q_j)`` per block with the known upper bound ``c``
     as the shift: :math:`c + \log\sum_j \exp(a q_j - c)`.  Exact, stable
@@ -134,7 +153,7 @@ class _BoundedSimLogSumExp(torch.autograd.Function):
             buf = e.as_strided((e.size(0), e.stride(0)), (e.stride(0), 1))
             buf[:, e.size(1):].zero_()
         buf.sub_(bound).exp_()
-        total = e.unflatten(1, (K, -1)).sum(dim=2, dtype=torch.float32)
+        total = _block_sums(e, K)
         ctx.save_for_backward(a, q, e, total)
         ctx.K = K
         return total.log() + bound

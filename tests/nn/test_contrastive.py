@@ -98,3 +98,20 @@ def test_errors():
         info_nce(p, torch.randn(5, 4), torch.arange(5), 0.5)
     with pytest.raises(ValueError):
         info_nce(p, p, torch.arange(5), 0.0)
+
+
+def test_block_sums_of_bf16_are_float32_sums():
+    # a bfloat16 similarity block is summed in float32 a few columns at a
+    # time (no float32 copy of the whole block): the same sums to float32
+    # rounding, for block widths that are and are not multiples of the
+    # column step
+    from mmdiff.nn.contrastive import SUM_COLUMNS, _block_sums
+    g = torch.Generator().manual_seed(0)
+    for N in (SUM_COLUMNS - 3, 2 * SUM_COLUMNS, 3 * SUM_COLUMNS + 7):
+        e = torch.rand(5, 3 * N, generator=g).bfloat16()
+        got = _block_sums(e, 3)
+        want = e.float().view(5, 3, N).double().sum(2).float()
+        assert got.dtype == torch.float32 and got.shape == (5, 3)
+        assert torch.allclose(got, want, rtol=1e-6, atol=0)
+    e32 = torch.rand(4, 2 * 700, generator=g)
+    assert torch.equal(_block_sums(e32, 2), e32.view(4, 2, 700).sum(2))

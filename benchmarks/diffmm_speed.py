@@ -1,0 +1,484 @@
+r"""DiffMM epoch time side by side: the official code and mmdiff, one run.
+
+Runs the official DiffMM code (a local copy whose path you give; it is never
+part of this repository) and mmdiff's DiffMM in float32, with bf16 for the
+denoisers only (``precision=bf16-denoiser``) and with bf16 everywhere it is
+allowed (``precision=bf16``), on the same split, machine and threads.  Every
+contender lives in its own process, set up once; the script then runs one
+epoch of each in turn, round after round (the order rotates every round), so
+that a drift in the machine's speed hits all contenders alike.  The first
+round is a warm-up and is not counted.
+
+Per contender and epoch it records the phase times: denoiser training
+("diffusion"), graph regeneration ("regeneration"), BPR + contrastive
+training ("bpr_cl") and one evaluation ("eval": the official code's test
+pass, mmdiff's validation pass), their sum ("epoch"), and the process's peak
+resident memory.  For the official code the phase boundaries come from the
+log lines its training loop prints ("Start to re-build UI matrix", "UI
+matrix built!"), read through a wrapped ``log`` function, so that nothing in
+its training code changes.  The matrix-product rate of the machine (2048³,
+float32 and bfloat16, same threads) is measured before and after the rounds.
+
+The official code is written for CUDA and for older torch/scipy; to run it on
+a CPU with today's versions the script applies these runtime shims (listed in
+the results file too), nothing else:
+
+* ``Tensor.cuda()`` and ``Module.cuda()`` return the object unchanged;
+* ``torch.sparse.FloatTensor(indices, values, shape)`` (removed from torch)
+  builds ``torch.sparse_coo_tensor(indices, values, shape)``;
+* ``scipy.sparse.coo_matrix.A`` (removed from scipy) is ``toarray()``;
+* the unused ``setproctitle`` import is stubbed.
+
+The official code reads the modalities of its ``baby`` layout (image and
+text) from ``Datasets/baby/``; the script builds that folder in a temporary
+directory with links to TikTok's ``image_feat.npy`` and ``audio_feat.npy``
+(as ``text_feat.npy``), so both codes train on TikTok's image and audio
+features, the two modalities mmdiff's TikTok preset uses.  The official
+command line is the TikTok one of its README (``--reg 1e-4 --ssl_reg 1e-2
+--trans 1 --e_loss 0.1 --cl_method 1``, batch 1024, keep rate 0.5, 5 steps,
+hidden [1000]), which mmdiff's TikTok preset mirrors.
+
+Example (writes ``benchmarks/results/diffmm_speed.md`` and ``.json``)::
+
+    python benchmarks/diffmm_speed.py --official /path/to/DiffMM \
+        --root ../shared/data --threads 2 --epochs 3
+"""
+from __future__ import annotations
+
+import argparse
+import datetime as dt
+import json
+import multiprocessing as mp
+import os
+import platform
+import resource
+import statistics
+import sys
+import tempfile
+import time
+import traceback
+import types
+import warnings
+from pathlib import Path
+from typing import Any, Dict, List, Optional
+
+HERE = Path(__file__).resolve().parent
+RESULTS = HERE / 'results'
+
+PHASES = ('diffusion', 'regeneration', 'bpr_cl', 'eval', 'epoch')
+
+#: contender -> mmdiff preset overrides (None: the official code)
+CONTENDERS: Dict[str, Optional[List[str]]] = {
+    'official': None,
+    'float32': [],
+    'bf16-denoiser': ['precision=bf16-denoiser'],
+    'bf16': ['precision=bf16'],
+}
+
+OFFICIAL_ARGS = ['--data', 'baby', '--reg', '1e-4', '--ssl_reg', '1e-2',
+                 '--trans', '1', '--e_loss', '0.1', '--cl_method', '1',
+                 '--batch', '1024', '--keepRate', '0.5', '--steps', '5',
+                 '--dims', '[1000]', '--epoch', '1000']
+
+SHIMS = [
+    '`Tensor.cuda()` / `Module.cuda()` return the object unchanged (CPU run)',
+    '`torch.sparse.FloatTensor(i, v, shape)` -> '
+    '`torch.sparse_coo_tensor(i, v, shape)` (removed from torch)',
+    '`scipy.sparse.coo_matrix.A` -> `toarray()` (removed from scipy)',
+    'the unused `setproctitle` import is stubbed',
+]
+
+
+def peak_rss_mb() -> float:
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0
+
+
+def matmul_ms(dtype_name: str, n: int = 2048, reps: int = 5) -> float:
+    r"""Median milliseconds of one ``n x n`` matrix product."""
+    import torch
+    dtype = getattr(torch, dtype_name)
+    a, b = torch.randn(n, n).to(dtype), torch.randn(n, n).to(dtype)
+    a @ b
+    times = []
+    for _ in range(reps):
+        t = time.perf_counter()
+        a @ b
+        times.append(time.perf_counter() - t)
+    return 1e3 * statistics.median(times)
+
+
+# ---------------------------------------------------------------- official
+def _apply_shims() -> None:
+    import scipy.sparse as sp
+    import torch
+    torch.Tensor.cuda = lambda self, *a, **k: self
+    torch.nn.Module.cuda = lambda self, *a, **k: self
+    torch.sparse.FloatTensor = \
+        lambda i, v, shape: torch.sparse_coo_tensor(i, v, shape)
+    if not hasattr(sp.coo_matrix, 'A'):
+        sp.coo_matrix.A = property(lambda self: self.toarray())
+    stub = types.ModuleType('setproctitle')
+    stub.setproctitle = lambda *a, **k: None
+    sys.modules.setdefault('setproctitle', stub)
+
+
+def _official_layout(root: Path, dataset: str, workdir: Path) -> None:
+    src = root / dataset
+    dst = workdir / 'Datasets' / 'baby'
+    dst.mkdir(parents=True)
+    links = {'trnMat.pkl': 'trnMat.pkl', 'tstMat.pkl': 'tstMat.pkl',
+             'image_feat.npy': 'image_feat.npy',
+             'text_feat.npy': 'audio_feat.npy'}
+    for name, target in links.items():
+        if not (src / target).is_file():
+            raise FileNotFoundError(f"{src / target} is missing")
+        (dst / name).symlink_to((src / target).resolve())
+
+
+class _Official:
+    r"""The official training loop, one epoch per :meth:`epoch` call."""
+
+    def __init__(self, path: Path, root: Path, dataset: str, seed: int):
+        import torch
+        path = path.resolve()
+        if not (path / 'Main.py').is_file():
+            raise FileNotFoundError(f"no Main.py in {path}: --official must "
+                                    f"be a copy of the official DiffMM code")
+        self._tmp = tempfile.TemporaryDirectory(prefix='diffmm-official-')
+        work = Path(self._tmp.name)
+        _official_layout(root, dataset, work)
+        os.chdir(work)
+        _apply_shims()
+        sys.argv = ['Main.py'] + OFFICIAL_ARGS + ['--seed', str(seed)]
+        sys.path.insert(0, str(path))
+        import Main  # noqa: the official module (parses sys.argv)
+        self.marks: Dict[str, float] = {}
+        original = Main.log
+
+        def log(msg, *a, **k):
+            if msg == 'Start to re-build UI matrix':
+                self.marks['diffusion_end'] = time.perf_counter()
+            elif msg == 'UI matrix built!':
+                self.marks['regeneration_end'] = time.perf_counter()
+            if k.get('oneline'):
+                return None  # per-step progress lines: not printed
+            return original(msg, *a, **k)
+
+        Main.log = log
+        Main.seed_it(seed)
+        handler = Main.DataHandler()
+        handler.LoadData()
+        self.coach = Main.Coach(handler)
+        self.coach.prepareModel()
+        self.torch = torch
+
+    def epoch(self) -> Dict[str, Any]:
+        self.marks.clear()
+        t0 = time.perf_counter()
+        res = self.coach.trainEpoch()
+        t1 = time.perf_counter()
+        test = self.coach.testEpoch()
+        t2 = time.perf_counter()
+        d, r = self.marks['diffusion_end'], self.marks['regeneration_end']
+        return {'diffusion': d - t0, 'regeneration': r - d, 'bpr_cl': t1 - r,
+                'eval': t2 - t1, 'epoch': t2 - t0,
+                'loss': float(res['Loss']), 'recall@20': float(test['Recall'])}
+
+
+# ---------------------------------------------------------------- mmdiff
+class _Ours:
+    r"""mmdiff's DiffMM trainer; each :meth:`epoch` call lets one epoch of
+    :meth:`Trainer.fit` run (the fit loop runs in a thread that waits
+    between epochs)."""
+
+    def __init__(self, overrides: List[str], root: Path, dataset: str,
+                 seed: int):
+        import threading
+        from mmdiff.nn.models import get_model_class
+        from mmdiff.train import Trainer
+        from mmdiff.train.config import parse_overrides, preset, split_config
+        from mmdiff.train.run import dataset_key, load_data
+        from mmdiff.train.seed import seed_everything
+
+        data = load_data(dataset, str(root))
+        cls = get_model_class('diffmm')
+        cfg = preset(cls.name, dataset_key(dataset))
+        cfg.update(parse_overrides(overrides))
+        tkw, hp = split_config(cfg, cls)
+        seed_everything(seed)
+        model = cls.from_data(data, **hp)
+        self._go = threading.Semaphore(0)
+        self._done = threading.Semaphore(0)
+        self._row: Dict[str, Any] = {}
+        self._error: Optional[BaseException] = None
+
+        def on_epoch(row: Dict[str, Any]) -> None:
+            self._row = row
+            self._done.release()
+            self._go.acquire()
+
+        tkw.update(epochs=10 ** 6, patience=0, track_test=False,
+                   eval_every=1)
+        self.trainer = Trainer(model, data, device='cpu', seed=seed,
+                               on_epoch=on_epoch, **tkw)
+
+        def run() -> None:
+            self._go.acquire()
+            try:
+                self.trainer.fit()
+            except BaseException as e:  # reported by epoch()
+                self._error = e
+                self._done.release()
+
+        self._thread = threading.Thread(target=run, daemon=True)
+        self._thread.start()
+
+    def epoch(self) -> Dict[str, Any]:
+        self._go.release()
+        self._done.acquire()
+        if self._error is not None:
+            raise self._error
+        r = self._row
+        return {'diffusion': r['time/diffusion'],
+                'regeneration': r['time/regenerate'],
+                'bpr_cl': r['time/bpr'], 'eval': r['time/eval'],
+                'epoch': r['time/epoch'],
+                'loss': float(r['bpr/loss']),
+                'recall@20': float(r['val/recall@20'])}
+
+
+def _worker(conn, name: str, official: Optional[str], root: str,
+            dataset: str, threads: int, seed: int,
+            extra: List[str]) -> None:
+    warnings.filterwarnings('ignore')
+    import torch
+    torch.set_num_threads(threads)
+    try:
+        devnull = open(os.devnull, 'w')
+        sys.stdout = devnull
+        t0 = time.perf_counter()
+        if CONTENDERS[name] is None:
+            runner = _Official(Path(official), Path(root), dataset, seed)
+        else:
+            runner = _Ours(list(extra) + CONTENDERS[name], Path(root),
+                           dataset, seed)
+        conn.send(('ready', time.perf_counter() - t0))
+        while conn.recv() == 'epoch':
+            out = runner.epoch()
+            out['rss_mb'] = peak_rss_mb()
+            conn.send(('epoch', out))
+    except BaseException:
+        try:
+            conn.send(('error', traceback.format_exc()))
+        except (BrokenPipeError, OSError):
+            pass  # the parent is gone
+    finally:
+        conn.close()
+
+
+# ---------------------------------------------------------------- report
+def summarise(epochs: Dict[str, List[Dict[str, float]]]) -> Dict[str, Any]:
+    r"""Median, min and max of every phase per contender; ratios of the
+    official epoch to each contender's (median of per-round ratios, and
+    their min/max: each round pairs the official epoch with the same
+    round's epoch of the contender)."""
+    out: Dict[str, Any] = {}
+    for name, rows in epochs.items():
+        out[name] = {p: {'median': statistics.median(r[p] for r in rows),
+                         'min': min(r[p] for r in rows),
+                         'max': max(r[p] for r in rows)}
+                     for p in PHASES}
+        out[name]['rss_mb'] = max(r['rss_mb'] for r in rows)
+    if 'official' in epochs:
+        ref = epochs['official']
+        for name, rows in epochs.items():
+            if name == 'official':
+                continue
+            ratios = {}
+            for p in PHASES:
+                rr = [a[p] / b[p] for a, b in zip(ref, rows) if b[p] > 0]
+                ratios[p] = {'median': statistics.median(rr),
+                             'min': min(rr), 'max': max(rr)}
+            out[name]['speedup'] = ratios
+    return out
+
+
+def render(rec: Dict[str, Any]) -> str:
+    s = rec['summary']
+    names = list(s)
+    lines = [
+        '# DiffMM epoch time: the official code and mmdiff side by side',
+        '',
+        f"- Date: {rec['date']}. Machine: {rec['machine']}.",
+        f"- Command: `{rec['command']}`",
+        f"- 2048³ matrix product (same threads), before / after the rounds: "
+        f"float32 {rec['matmul_ms']['before']['float32']:.1f} / "
+        f"{rec['matmul_ms']['after']['float32']:.1f} ms, bfloat16 "
+        f"{rec['matmul_ms']['before']['bfloat16']:.1f} / "
+        f"{rec['matmul_ms']['after']['bfloat16']:.1f} ms.",
+        f"- {rec['dataset']} (image + audio), seed {rec['seed']}; one warm-up "
+        f"round, then {rec['rounds']} timed rounds; each round runs one "
+        'epoch of every contender (order rotating). Times are the median '
+        'over the timed rounds [min–max].',
+        f"- Official code: `{rec['official']}`, command line "
+        f"`{' '.join(OFFICIAL_ARGS[:-2])}` (the `--data baby` layout with "
+        "TikTok's image and audio features); per-phase times from its own "
+        'log lines. Runtime shims (nothing else changed):',
+    ]
+    lines += [f'  - {x}' for x in rec['shims']]
+    lines += [
+        f"- mmdiff: the {rec['dataset']} preset of "
+        '`mmdiff/configs/diffmm.toml` plus the overrides in the contender '
+        'name (`float32` = none)'
+        + (f" and `{' '.join(rec['set'])}`" if rec['set'] else '') + '.',
+        '- eval: the official code scores the test split, mmdiff the '
+        'validation split (same number of users within 1 %, same full '
+        'ranking).',
+        '',
+        '| seconds per epoch | ' + ' | '.join(names) + ' |',
+        '|---' * (len(names) + 1) + '|',
+    ]
+    for p in PHASES:
+        cells = []
+        for n in names:
+            v = s[n][p]
+            cells.append(f"{v['median']:.2f} [{v['min']:.2f}–{v['max']:.2f}]")
+        label = f'**{p}**' if p == 'epoch' else p
+        lines.append(f'| {label} | ' + ' | '.join(cells) + ' |')
+    lines.append('| peak RSS (MB) | ' + ' | '.join(
+        f"{s[n]['rss_mb']:.0f}" for n in names) + ' |')
+    if 'official' in s:
+        lines.append('| **speed-up vs official (epoch)** | 1× | ' + ' | '.join(
+            f"**{s[n]['speedup']['epoch']['median']:.2f}×** "
+            f"[{s[n]['speedup']['epoch']['min']:.2f}–"
+            f"{s[n]['speedup']['epoch']['max']:.2f}]"
+            for n in names if n != 'official') + ' |')
+        for p in PHASES[:-1]:
+            lines.append(f'| speed-up, {p} | 1× | ' + ' | '.join(
+                f"{s[n]['speedup'][p]['median']:.2f}×"
+                for n in names if n != 'official') + ' |')
+    lines += ['', 'Speed-ups are medians over rounds of the official epoch '
+              'divided by the same round\'s epoch of the contender '
+              '[min–max over rounds].', '',
+              '## Every epoch', '',
+              '| round | contender | diffusion | regeneration | bpr_cl | '
+              'eval | epoch | loss | recall@20 |',
+              '|---|---|---|---|---|---|---|---|---|']
+    for i, rnd in enumerate(rec['log']):
+        for name, r in rnd:
+            lines.append(
+                f"| {'warm-up' if i == 0 else i} | {name} | "
+                f"{r['diffusion']:.2f} | {r['regeneration']:.2f} | "
+                f"{r['bpr_cl']:.2f} | {r['eval']:.2f} | {r['epoch']:.2f} | "
+                f"{r['loss']:.4f} | {r['recall@20']:.4f} |")
+    lines += ['', 'loss: the BPR loss of the epoch (official: its total '
+              'training loss, which also holds the regulariser and the '
+              'contrastive terms); recall@20: the evaluation after the '
+              'epoch (official: test, mmdiff: validation).', '']
+    return '\n'.join(lines)
+
+
+def main(argv=None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__.split('\n\n')[0])
+    ap.add_argument('--official', default=None,
+                    help='path of a local copy of the official DiffMM code '
+                         '(the folder holding Main.py); without it only '
+                         'mmdiff runs')
+    ap.add_argument('--root', required=True, help='data root (<root>/tiktok)')
+    ap.add_argument('--dataset', default='tiktok')
+    ap.add_argument('--contenders', nargs='*', default=list(CONTENDERS),
+                    choices=list(CONTENDERS))
+    ap.add_argument('--epochs', type=int, default=3,
+                    help='timed rounds (after one warm-up round)')
+    ap.add_argument('--threads', type=int, default=2)
+    ap.add_argument('--seed', type=int, default=0)
+    ap.add_argument('--set', nargs='*', default=[], metavar='KEY=VALUE',
+                    help='preset overrides for every mmdiff contender')
+    ap.add_argument('--tag', default='diffmm_speed')
+    ap.add_argument('--out', default=str(RESULTS))
+    args = ap.parse_args(argv)
+    names = [n for n in args.contenders
+             if n != 'official' or args.official is not None]
+    if not names:
+        ap.error('nothing to run (official needs --official PATH)')
+    if args.epochs < 1:
+        ap.error('--epochs must be at least 1')
+    os.environ.setdefault('MMDIFF_CACHE_DIR',
+                          str(Path(tempfile.gettempdir()) / 'mmdiff-bench'))
+    import torch
+    torch.set_num_threads(args.threads)
+    before = {d: matmul_ms(d) for d in ('float32', 'bfloat16')}
+
+    ctx = mp.get_context('spawn')
+    procs, conns, setup = {}, {}, {}
+    log: List[List[Any]] = []
+    epochs: Dict[str, List[Dict[str, float]]] = {n: [] for n in names}
+    try:
+        for name in names:  # set up one after the other: no contention
+            parent, child = ctx.Pipe()
+            p = ctx.Process(target=_worker, args=(
+                child, name, args.official, args.root, args.dataset,
+                args.threads, args.seed, args.set), daemon=True)
+            p.start()
+            procs[name], conns[name] = p, parent
+            kind, val = parent.recv()
+            if kind == 'error':
+                raise SystemExit(f'{name} failed to start:\n{val}')
+            setup[name] = val
+            print(f'{name}: ready in {val:.1f} s', flush=True)
+        for rnd in range(args.epochs + 1):
+            k = rnd % len(names)
+            order = names[k:] + names[:k]
+            this = []
+            for name in order:
+                conns[name].send('epoch')
+                kind, val = conns[name].recv()
+                if kind == 'error':
+                    raise SystemExit(f'{name} failed:\n{val}')
+                this.append((name, val))
+                if rnd > 0:
+                    epochs[name].append(val)
+                print(f"round {rnd} {name}: epoch {val['epoch']:.2f} s "
+                      f"(diffusion {val['diffusion']:.2f}, regeneration "
+                      f"{val['regeneration']:.2f}, bpr_cl "
+                      f"{val['bpr_cl']:.2f}, eval {val['eval']:.2f})",
+                      flush=True)
+            log.append(this)
+    finally:
+        for name in procs:
+            try:
+                conns[name].send('stop')
+            except (BrokenPipeError, OSError):
+                pass
+            procs[name].join(timeout=30)
+            if procs[name].is_alive():
+                procs[name].kill()
+    after = {d: matmul_ms(d) for d in ('float32', 'bfloat16')}
+    # the epoch rows in one order for the report (official first)
+    epochs = {n: epochs[n] for n in names}
+    rec = {
+        'command': 'python ' + ' '.join(
+            [os.path.relpath(sys.argv[0])] + sys.argv[1:]),
+        'date': dt.datetime.now().isoformat(timespec='seconds'),
+        'machine': f'{platform.machine()}, {os.cpu_count()} cores, '
+                   f'torch {torch.__version__}, {args.threads} threads',
+        'dataset': args.dataset, 'seed': args.seed, 'set': args.set,
+        'official': 'given' if args.official else None,
+        'rounds': args.epochs,
+        'shims': SHIMS if args.official else [],
+        'setup_seconds': setup,
+        'matmul_ms': {'before': before, 'after': after},
+        'epochs': epochs,
+        'log': log,
+        'summary': summarise(epochs),
+    }
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    (out / f'{args.tag}.json').write_text(json.dumps(rec, indent=1))
+    (out / f'{args.tag}.md').write_text(render(rec))
+    print(render(rec))
+    return 0
+
+
+if __name__ == '__main__':
+    sys.exit(main())
