@@ -4,6 +4,7 @@ capability (:mod:`mmdiff.nn.denoisers.base`), and every kernel is tested
 against the plain computation it replaces.
 
 * :func:`mm_aligned` — a float32 product with a padded row stride.
+* :func:`gather_index_add_` — ``index_add_`` of gathered rows in chunks.
 * :class:`FirstLayer` — the first layer of :class:`~mmdiff.nn.denoisers.
   DiffMMDenoiser` without the ``[B, I]`` gradient of its constant input.
 * :class:`LinearOutputLoss` — SNR-weighted squared error and MSI of a
@@ -24,6 +25,30 @@ from torch import Tensor
 #: Row strides (in elements) of large float32 matrix-product outputs are
 #: rounded up to a multiple of this; see :func:`mm_aligned`.
 ALIGN = 16
+
+
+#: Non-zeros gathered at once by :func:`gather_index_add_`.
+GATHER_CHUNK = 512
+
+
+def gather_index_add_(out: Tensor, index: Tensor, src: Tensor,
+                      src_index: Tensor, scale: Optional[Tensor] = None,
+                      chunk: int = GATHER_CHUNK) -> Tensor:
+    r"""``out.index_add_(0, index, src[src_index] * scale[:, None])``
+    (without ``scale``: no product), ``chunk`` entries at a time in entry
+    order, so that every row of ``out`` receives the same additions in the
+    same order (bit for bit the one-shot result) while the gathered
+    ``[chunk, d]`` block stays small: a one-shot gather of every non-zero
+    (e.g. ``[10^4, 1000]`` floats, 40 MB) is fresh memory on every call,
+    and faulting in fresh pages costs more than the gather itself."""
+    n = index.numel()
+    for start in range(0, n, chunk):
+        stop = min(start + chunk, n)
+        part = src[src_index[start:stop]]
+        if scale is not None:
+            part = part * scale[start:stop, None]
+        out.index_add_(0, index[start:stop], part)
+    return out
 
 
 def mm_aligned(a: Tensor, b: Tensor, bias: Optional[Tensor] = None
@@ -118,10 +143,9 @@ class LinearOutputLoss(torch.autograd.Function):
         wb = weight.t() @ bias                                   # [k]
         # 0/1 rows (the usual case) need no scaling of the gathered rows;
         # checked on CPU only, where it costs no device synchronisation
-        wc = weight[cols]
-        if not (vals.device.type == 'cpu' and bool((vals == 1).all())):
-            wc = wc * vals[:, None]
-        x0w = torch.zeros_like(h).index_add_(0, rows, wc)        # [B, k]
+        ones = vals.device.type == 'cpu' and bool((vals == 1).all())
+        x0w = gather_index_add_(torch.zeros_like(h), rows, weight, cols,
+                                None if ones else vals)          # [B, k]
         x0b = h.new_zeros(B).index_add_(0, rows, bias[cols] * vals)
         x0sq = h.new_zeros(B).index_add_(0, rows, vals * vals)
         hg = h @ gram
@@ -156,7 +180,7 @@ class LinearOutputLoss(torch.autograd.Function):
         else:
             grad_w = weight @ m
         grad_w.addr_(bias, ah.sum(0))
-        grad_w.index_add_(0, cols, -vals[:, None] * ah[rows])
+        gather_index_add_(grad_w, cols, ah, rows, -vals)
         grad_b = weight @ ah.sum(0) + bias * alpha.sum()
         grad_b.index_add_(0, cols, -vals * alpha[rows])
         if feat is not None:

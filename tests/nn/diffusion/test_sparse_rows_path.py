@@ -74,3 +74,23 @@ def test_dropout_in_place_matches_mask_formula():
     den2 = DiffMMDenoiser(13, hidden_dims=[8], dropout=0.0).train()
     den2.load_state_dict(den.state_dict())
     assert torch.equal(h, den2.hidden_state(xd, t))
+
+
+def test_chunked_gather_index_add_is_the_one_shot_result():
+    # LinearOutputLoss gathers rows per non-zero in chunks; every output
+    # row must receive the same additions in the same order (bit for bit)
+    from mmdiff.nn.diffusion._fused import gather_index_add_
+    g = torch.Generator().manual_seed(0)
+    n, rows_out, rows_src, d = 1000, 37, 53, 19
+    index = torch.randint(rows_out, (n,), generator=g)
+    src_index = torch.randint(rows_src, (n,), generator=g)
+    src = torch.randn(rows_src, d, generator=g)
+    scale = torch.randn(n, generator=g)
+    base = torch.randn(rows_out, d, generator=g)
+    for sc in (None, scale):
+        part = src[src_index] if sc is None else src[src_index] * sc[:, None]
+        want = base.clone().index_add_(0, index, part)
+        for chunk in (1, 7, 64, n, 5 * n):
+            got = gather_index_add_(base.clone(), index, src, src_index, sc,
+                                    chunk=chunk)
+            assert torch.equal(got, want), chunk
