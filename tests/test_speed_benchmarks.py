@@ -144,7 +144,8 @@ def test_diffmm_speed_end_to_end(tiny_root, tmp_path, monkeypatch):
 def test_diffmm_speed_summary_ratios():
     def row(e):
         return {'diffusion': e / 2, 'regeneration': e / 4,
-                'bpr_cl': e / 4, 'eval': 0.1, 'epoch': e, 'rss_mb': 10.0}
+                'bpr_cl': e / 4, 'train': e - 0.1, 'eval': 0.1, 'epoch': e,
+                'rss_mb': 10.0}
     s = diffmm_speed.summarise({'official': [row(40), row(44), row(42)],
                                 'float32': [row(20), row(20), row(21)]})
     sp_ = s['float32']['speedup']['epoch']
