@@ -90,6 +90,16 @@ SHIMS = [
 
 
 def peak_rss_mb() -> float:
+    r"""Peak resident memory of this process in MB: ``VmHWM`` (Linux),
+    which a process started by fork + exec does not inherit; ``ru_maxrss``
+    does (it keeps the parent's peak at the fork), so it is only the
+    fallback."""
+    try:
+        for line in Path('/proc/self/status').read_text().splitlines():
+            if line.startswith('VmHWM:'):
+                return int(line.split()[1]) / 1024.0
+    except OSError:
+        pass
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0
 
 

@@ -59,9 +59,17 @@ model = cls.from_data(data, **hp)
 res = Trainer(model, data, device='cpu', seed=0, **tkw).fit()
 rows = [{k[5:]: v for k, v in r.items() if k.startswith('time/')}
         for r in res.history]
+# VmHWM: this process's own peak (ru_maxrss would keep the launcher's
+# peak at the fork)
+peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+try:
+    for line in open('/proc/self/status'):
+        if line.startswith('VmHWM:'):
+            peak = int(line.split()[1]) / 1024
+except OSError:
+    pass
 print('RESULT ' + json.dumps({
-    'module': mmdiff.__file__, 'epochs': rows,
-    'rss_mb': resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024}))
+    'module': mmdiff.__file__, 'epochs': rows, 'rss_mb': peak}))
 '''
 
 
