@@ -51,29 +51,6 @@ def test_on_epoch_receives_each_finished_row(tiny):
     assert not math.isnan(res.history[0]['bpr/loss'])
 
 
-def test_adam_foreach_is_the_per_tensor_loop(tiny):
-    # the trainer's Adam runs with foreach=True for speed; it must give
-    # the same parameters as the plain per-tensor loop, bit for bit
-    torch.manual_seed(0)
-    ps = [torch.randn(50, 8), torch.randn(8), torch.randn(3, 3)]
-    grads = [[torch.randn_like(p) for p in ps] for _ in range(4)]
-    out = []
-    for foreach in (False, True):
-        qs = [p.clone().requires_grad_() for p in ps]
-        opt = torch.optim.Adam(qs, lr=1e-2, weight_decay=1e-4,
-                               foreach=foreach)
-        for g in grads:
-            for q, gq in zip(qs, g):
-                q.grad = gq.clone()
-            opt.step()
-        out.append([q.detach() for q in qs])
-    assert all(torch.equal(a, b) for a, b in zip(*out))
-    torch.manual_seed(0)
-    model = MF.from_data(tiny, embedding_dim=8, lr=0.05)
-    tr = Trainer(model, tiny, epochs=1, batch_size=32)
-    assert all(o.defaults['foreach'] for o in tr.optimizers)
-
-
 def test_early_stopping_and_best_restored(tiny):
     res, model = fit(tiny, epochs=30, patience=2)
     assert res.epochs_run < 30
