@@ -27,20 +27,26 @@ from torch import Tensor
 ALIGN = 16
 
 
-#: Non-zeros gathered at once by :func:`gather_index_add_`.
-GATHER_CHUNK = 512
+#: Largest gathered block (elements) :func:`gather_index_add_` forms at once:
+#: 2**22 floats = 16 MB, below the size from which glibc hands out fresh
+#: (page-faulting) memory on every allocation.
+GATHER_ELEMENTS = 2 ** 22
 
 
 def gather_index_add_(out: Tensor, index: Tensor, src: Tensor,
                       src_index: Tensor, scale: Optional[Tensor] = None,
-                      chunk: int = GATHER_CHUNK) -> Tensor:
+                      max_elements: int = GATHER_ELEMENTS) -> Tensor:
     r"""``out.index_add_(0, index, src[src_index] * scale[:, None])``
-    (without ``scale``: no product), ``chunk`` entries at a time in entry
-    order, so that every row of ``out`` receives the same additions in the
-    same order (bit for bit the one-shot result) while the gathered
-    ``[chunk, d]`` block stays small: a one-shot gather of every non-zero
-    (e.g. ``[10^4, 1000]`` floats, 40 MB) is fresh memory on every call,
-    and faulting in fresh pages costs more than the gather itself."""
+    (without ``scale``: no product).  When the gathered ``[n, d]`` block
+    would exceed ``max_elements`` it is formed and added in consecutive
+    chunks of entries, in entry order, so that every row of ``out``
+    receives the same additions in the same order (bit for bit the one-shot
+    result): a one-shot gather of every non-zero (e.g. ``[10^4, 1000]``
+    floats, 40 MB) is fresh memory on every call, and faulting in fresh
+    pages costs more than the gather itself.  Smaller blocks go in one call
+    (each ``index_add_`` is a parallel region of its own)."""
+    d = max(1, src[0].numel()) if src.size(0) else 1
+    chunk = max(1, max_elements // d)
     n = index.numel()
     for start in range(0, n, chunk):
         stop = min(start + chunk, n)
