@@ -856,7 +856,8 @@ def render(rec: Dict[str, Any]) -> str:
         f"Machine: {rec['machine']}.",
         f"- 2048³ float32 matrix product, {rec['threads']} threads, before / "
         f"after the runs: {rec['matmul_ms']['before']:.1f} / "
-        f"{rec['matmul_ms']['after']:.1f} ms.",
+        + ('(not measured)' if rec['matmul_ms']['after'] is None else
+           f"{rec['matmul_ms']['after']:.1f}") + ' ms.',
         f"- Command: `{rec['command']}`",
         '- RecBole environment (created by the script when missing): '
         + '; '.join(f'`{c}`' for c in rec['setup_commands']) + '.',
@@ -901,8 +902,15 @@ def render(rec: Dict[str, Any]) -> str:
         'discounts), each averaged over the users with at least one held-out '
         'item, are the definitions of `mmdiff.metrics`.',
     ]
+    if not rec.get('complete', True):
+        lines += ['', '**The run was still going or was stopped when this '
+                  'was written: only the finished models are below.**']
     for ds, models in rec['runs'].items():
         for model, run in models.items():
+            if 'error' in run:
+                lines += ['', f'## {model} on {ds}: failed', '', '```',
+                          run['error'].strip()[-3000:], '```']
+                continue
             s = run['summary']
             rb = run['contenders']['recbole']
             chk = rb['ready']['split_check']
@@ -924,7 +932,12 @@ def render(rec: Dict[str, Any]) -> str:
                 "RecBole's test metrics recomputed from its own top-20 lists "
                 "with `mmdiff.metrics.metrics_from_hits`: largest difference "
                 f"{rb['metric_check_max_diff']:.1e} over "
-                f"{', '.join(rb['metric_check'])}.",
+                f"{', '.join(rb['metric_check'])}. Threads seen by torch "
+                "(intra-op / inter-op): RecBole "
+                f"{rb['ready']['threads']} / {rb['ready']['interop_threads']}"
+                f", mmdiff {run['contenders']['mmdiff']['ready']['threads']} "
+                f"/ {run['contenders']['mmdiff']['ready']['interop_threads']}"
+                '.',
                 '', 'Parameter mapping (mmdiff preset → RecBole):', '',
                 '| mmdiff | RecBole parameter | value |', '|---|---|---|']
             lines += [f'| {a} | `{p}` | `{v}` |' for a, p, v in run['mapping']]
@@ -1107,6 +1120,42 @@ def main(argv=None) -> int:
     from mmdiff.train.run import load_data
     runs: Dict[str, Dict[str, Any]] = {}
     versions: Dict[str, Any] = {}
+    command = ' '.join(shlex.quote(a) for a in
+                       [os.path.relpath(sys.executable)
+                        if sys.executable.startswith(repo) else
+                        sys.executable,
+                        os.path.relpath(Path(__file__).resolve(),
+                                        Path.cwd())] + argv)
+
+    def write(after: Optional[float], final: bool) -> Dict[str, Any]:
+        rec = {
+            'command': command,
+            'date': dt.datetime.now().isoformat(timespec='seconds'),
+            'wall_s': time.time() - t_start,
+            'complete': final,
+            'machine': machine_text(args.threads),
+            'threads': args.threads,
+            'matmul_ms': {'before': before, 'after': after},
+            'setup_commands': setup_commands,
+            'versions': versions,
+            'budget': {'max_epochs': args.max_epochs,
+                       'patience': args.patience, 'seed': args.seed},
+            'shims': SHIMS, 'notes': NOTES,
+            'runs': runs,
+        }
+        budgets = {(r['max_epochs'], r['patience']) for m in runs.values()
+                   for r in m.values() if 'max_epochs' in r}
+        if len(budgets) == 1:
+            rec['budget'].update(zip(('max_epochs', 'patience'),
+                                     budgets.pop()))
+        out = Path(args.out)
+        (out / 'peers_runs').mkdir(parents=True, exist_ok=True)
+        (out / 'peers_runs' / f'{tag}.json').write_text(
+            json.dumps(rec, indent=1, default=str))
+        (out / f'{tag}.md').write_text(render(rec))
+        return rec
+
+    failed = False
     try:
         for ds in args.datasets:
             data = load_data(ds, args.root)
@@ -1114,46 +1163,27 @@ def main(argv=None) -> int:
             for model in args.models:
                 work = scratch / f'{ds}-{model}'.replace(':', '_')
                 work.mkdir(parents=True, exist_ok=True)
-                run = run_pair(ds, model, args, data, py_recbole, work, env,
-                               log=lambda s: print(s, flush=True))
+                try:
+                    run = run_pair(ds, model, args, data, py_recbole, work,
+                                   env, log=lambda s: print(s, flush=True))
+                except Exception:  # recorded; the other runs go on
+                    failed = True
+                    runs[ds][model] = {'error': traceback.format_exc()}
+                    print(runs[ds][model]['error'], file=sys.stderr,
+                          flush=True)
+                    write(None, False)
+                    continue
                 runs[ds][model] = run
                 for n in CONTENDERS:
                     versions[n] = run['contenders'][n]['ready']['versions']
                 print('\n'.join(summary_table(run['summary'])), flush=True)
+                write(None, False)  # what is done so far
     finally:
         if tmp is not None:
             tmp.cleanup()
-    after = matmul_ms()
-    rec = {
-        'command': ' '.join(shlex.quote(a) for a in
-                            [os.path.relpath(sys.executable)
-                             if sys.executable.startswith(repo) else
-                             sys.executable,
-                             os.path.relpath(Path(__file__).resolve(),
-                                             Path.cwd())] + argv),
-        'date': dt.datetime.now().isoformat(timespec='seconds'),
-        'wall_s': time.time() - t_start,
-        'machine': machine_text(args.threads),
-        'threads': args.threads,
-        'matmul_ms': {'before': before, 'after': after},
-        'setup_commands': setup_commands,
-        'versions': versions,
-        'budget': {'max_epochs': args.max_epochs, 'patience': args.patience,
-                   'seed': args.seed},
-        'shims': SHIMS, 'notes': NOTES,
-        'runs': runs,
-    }
-    budgets = {(r['max_epochs'], r['patience']) for m in runs.values()
-               for r in m.values()}
-    if len(budgets) == 1:
-        rec['budget'].update(zip(('max_epochs', 'patience'), budgets.pop()))
-    out = Path(args.out)
-    (out / 'peers_runs').mkdir(parents=True, exist_ok=True)
-    (out / 'peers_runs' / f'{tag}.json').write_text(
-        json.dumps(rec, indent=1, default=str))
-    (out / f'{tag}.md').write_text(render(rec))
+    rec = write(matmul_ms(), True)
     print(render(rec))
-    return 0
+    return 1 if failed else 0
 
 
 if __name__ == '__main__':

@@ -146,7 +146,8 @@ def _run():
                'train': True, 'val': True, 'test': True, 'num_users': 40,
                'num_items': 30, 'items_match': True,
                'eval_users_per_batch': 1024},
-               'versions': {'recbole': '1.2.1'}},
+               'versions': {'recbole': '1.2.1'}, 'threads': 2,
+               'interop_threads': 2},
            'finish': {'test': {'recall@20': 0.05, 'ndcg@20': 0.02},
                       'test_s': 3.0, 'peak_rss_mb': 900.0,
                       'test_recbole_protocol': {'recall@20': 0.051,
@@ -156,7 +157,8 @@ def _run():
     ours = {'epochs': _rows([5.0, 2.0, 2.0], [1.0, 1.0, 0.5],
                             [0.02, 0.01, 0.04]),
             'best_epoch': 2, 'stopped_by': 'cap (3 epochs)',
-            'ready': {'ready': 4.0, 'versions': {'mmdiff': '0.1.0'}},
+            'ready': {'ready': 4.0, 'versions': {'mmdiff': '0.1.0'},
+                      'threads': 2, 'interop_threads': 2},
             'finish': {'test': {'recall@20': 0.04, 'ndcg@20': 0.025},
                        'test_s': 1.5, 'peak_rss_mb': 600.0}}
     run = {'num_users': 40, 'num_items': 30, 'sizes': 'train 10',
@@ -218,6 +220,7 @@ def test_report_lists_commands_shims_and_ratios(tmp_path):
     assert '| selected epoch (1 = first) / epochs run | 2 / 4 | 3 / 3 |' in md
     assert 'patience (4 epochs)' in md and 'cap (3 epochs)' in md
     assert '100.0 / 101.0 ms' in md
+    assert 'RecBole 2 / 2, mmdiff 2 / 2' in md
 
 
 def test_module_imports_only_the_standard_library_at_top_level():
