@@ -172,7 +172,32 @@ REQUIRED: Dict[str, Dict[str, Any]] = {
 
 # ---------------------------------------------------------------- helpers
 def peak_rss_mb() -> float:
-    r"""This process's peak resident memory (``ru_maxrss``) in MB."""
+    r"""This process's peak resident memory in MB: ``VmHWM`` of
+    ``/proc/self/status`` (the peak of this program's own memory), else
+    ``ru_maxrss``, which on Linux also keeps the launching process's
+    resident size at the fork (:func:`ru_maxrss_mb`)."""
+    try:
+        for line in Path('/proc/self/status').read_text().splitlines():
+            if line.startswith('VmHWM:'):
+                return int(line.split()[1]) / 1024.0
+    except (OSError, ValueError, IndexError):
+        pass
+    return ru_maxrss_mb()
+
+
+def rss_mb() -> Optional[float]:
+    r"""This process's resident memory now (``VmRSS``) in MB."""
+    try:
+        for line in Path('/proc/self/status').read_text().splitlines():
+            if line.startswith('VmRSS:'):
+                return int(line.split()[1]) / 1024.0
+    except (OSError, ValueError, IndexError):
+        pass
+    return None
+
+
+def ru_maxrss_mb() -> float:
+    r"""``getrusage(RUSAGE_SELF).ru_maxrss`` in MB."""
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0
 
 
@@ -535,7 +560,8 @@ def _recbole_worker(spec: Dict[str, Any], proto: _Protocol) -> None:
             proto.send({'test': _metrics(test), 'test_s': t1 - t,
                         'test_topk': topk,
                         'test_recbole_protocol': _metrics(own),
-                        'peak_rss_mb': peak_rss_mb()})
+                        'peak_rss_mb': peak_rss_mb(),
+                        'ru_maxrss_mb': ru_maxrss_mb()})
         else:
             return
 
@@ -629,7 +655,8 @@ def _mmdiff_worker(spec: Dict[str, Any], proto: _Protocol) -> None:
                         'test_s': t1 - t, 'fit_best_epoch': res.best_epoch,
                         'fit_test': {k: float(v) for k, v in
                                      res.test_metrics.items()},
-                        'peak_rss_mb': peak_rss_mb()})
+                        'peak_rss_mb': peak_rss_mb(),
+                        'ru_maxrss_mb': ru_maxrss_mb()})
         else:
             return
 
@@ -782,6 +809,7 @@ def summarise(run: Dict[str, Any]) -> Dict[str, Any]:
             'eval_s': stats([r['eval_s'] for r in t]),
             'test_s': c['finish']['test_s'],
             'peak_rss_mb': c['finish']['peak_rss_mb'],
+            'ru_maxrss_mb': c['finish'].get('ru_maxrss_mb'),
             'setup_s': c['ready']['ready'],
             'epochs_run': len(rows), 'best_epoch': best + 1,
             'stopped_by': c['stopped_by'],
@@ -811,6 +839,10 @@ def _fs(s: Optional[Dict[str, float]], digits: int = 2, unit: str = '') -> str:
             f"[{s['min']:.{digits}f}–{s['max']:.{digits}f}]")
 
 
+def _fm(v: Optional[float]) -> str:
+    return 'n/a' if v is None else f'{v:.0f}'
+
+
 def _fr(v: Optional[float], digits: int = 2) -> str:
     return 'n/a' if v is None else f'{v:.{digits}f}×'
 
@@ -828,8 +860,11 @@ def summary_table(s: Dict[str, Any]) -> List[str]:
         f"{_fs(q['eval_s'], unit='×')} |",
         f"| full test ranking s (best model, once) | {ro['test_s']:.2f} | "
         f"{mo['test_s']:.2f} | {_fr(q['test_s'])} |",
-        f"| peak RSS MB (whole process) | {ro['peak_rss_mb']:.0f} | "
+        f"| peak RSS MB (whole process, VmHWM) | {ro['peak_rss_mb']:.0f} | "
         f"{mo['peak_rss_mb']:.0f} | {_fr(q['peak_rss_mb'])} |",
+        f"| ru_maxrss MB | {_fm(ro.get('ru_maxrss_mb'))} | "
+        f"{_fm(mo.get('ru_maxrss_mb'))} | "
+        f"{_fr(ratio(ro.get('ru_maxrss_mb'), mo.get('ru_maxrss_mb')))} |",
         f"| set-up s (data + model) | {ro['setup_s']:.1f} | "
         f"{mo['setup_s']:.1f} | {_fr(q['setup_s'])} |",
         f"| test Recall@{K} (validation-selected) | "
@@ -875,8 +910,13 @@ def render(rec: Dict[str, Any]) -> str:
         'Full ranking over all items, training items masked, '
         f'K = {K}; the test metrics are those of the validation-selected '
         'epoch.',
-        '- Each library runs in its own process (peak RSS is `ru_maxrss` of '
-        'that process); both are set up one after the other, then every '
+        '- Each library runs in its own process; its peak RSS is `VmHWM` '
+        'of that process (its own peak), with `ru_maxrss` beside it (on '
+        'Linux `ru_maxrss` also keeps the resident size of the launching '
+        'process at the fork: '
+        + (f"{rec['launcher_rss_mb']:.0f} MB here" if
+           rec.get('launcher_rss_mb') else 'not measured') + '). Both are '
+        'set up one after the other, then every '
         'round runs one epoch (training + full validation ranking) of each, '
         'the order flipping every round. Timings are medians [min–max] over '
         'the epochs after the first (a warm-up); ratios are medians '
@@ -993,6 +1033,7 @@ def run_pair(dataset: str, model: str, args, data, py_recbole: Path,
     res: Dict[str, Any] = {n: {'epochs': []} for n in CONTENDERS}
     sel = {n: Selection(max_epochs, patience) for n in CONTENDERS}
     log_rows: List[Any] = []
+    launcher_rss = rss_mb()
     try:
         for n in CONTENDERS:  # one after the other: no contention
             procs[n] = Contender(n, pythons[n], specs[n], scratch, envs[n])
@@ -1043,6 +1084,7 @@ def run_pair(dataset: str, model: str, args, data, py_recbole: Path,
         raise RuntimeError(f"mmdiff's fit selected epoch {fb}, the "
                            f"benchmark {res['mmdiff']['best_epoch']}")
     run = {'num_users': U, 'num_items': I, 'max_epochs': max_epochs,
+           'launcher_rss_mb': launcher_rss,
            'patience': patience,
            'sizes': ', '.join(f'{k} {len(v[0]):,}' for k, v in
                               data_splits(data).items()),
@@ -1136,6 +1178,9 @@ def main(argv=None) -> int:
             'machine': machine_text(args.threads),
             'threads': args.threads,
             'matmul_ms': {'before': before, 'after': after},
+            'launcher_rss_mb': max(
+                [r.get('launcher_rss_mb') or 0 for m in runs.values()
+                 for r in m.values()] or [0]) or None,
             'setup_commands': setup_commands,
             'versions': versions,
             'budget': {'max_epochs': args.max_epochs,

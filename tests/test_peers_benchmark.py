@@ -214,7 +214,8 @@ def test_report_lists_commands_shims_and_ratios(tmp_path):
         assert what in md
     assert '| train s/epoch, median [min–max] | 5.00 [4.00–6.00] | ' \
         '2.00 [2.00–2.00] | 2.50× [2.00–3.00] |' in md
-    assert '| peak RSS MB (whole process) | 900 | 600 | 1.50× |' in md
+    assert '| peak RSS MB (whole process, VmHWM) | 900 | 600 | 1.50× |' in md
+    assert '| ru_maxrss MB | n/a | n/a | n/a |' in md
     assert '| test Recall@20 (validation-selected) | 0.0500 | 0.0400 | ' \
         '1.250× |' in md
     assert '| selected epoch (1 = first) / epochs run | 2 / 4 | 3 / 3 |' in md
