@@ -115,8 +115,11 @@ NOTES = [
     'loading wrote to the scratch folder (what a second `mmdiff train` on '
     'the same data does).',
     'RecBole\'s best weights are kept in memory and restored for the test '
-    'evaluation; its checkpoint loading (`torch.load`, whose `weights_only` '
-    'default changed) is never called, so it needs no shim.',
+    'evaluation, as mmdiff keeps its own (RecBole\'s `fit` would write them '
+    'to disk; the copy\'s size is given per model below and is part of '
+    'RecBole\'s peak); its checkpoint loading (`torch.load`, whose '
+    '`weights_only` default changed) is never called, so it needs no '
+    'shim.',
 ]
 
 #: mmdiff preset key -> RecBole parameter, per model (same meaning, same
@@ -557,8 +560,10 @@ def _recbole_worker(spec: Dict[str, Any], proto: _Protocol) -> None:
             test_data.uid2history_item = recbole_history
             own = trainer.evaluate(test_data, load_best_model=False,
                                    show_progress=False)
+            state_mb = sum(v.numel() * v.element_size() for v in
+                           (best_state or {}).values()) / 2 ** 20
             proto.send({'test': _metrics(test), 'test_s': t1 - t,
-                        'test_topk': topk,
+                        'test_topk': topk, 'best_state_mb': state_mb,
                         'test_recbole_protocol': _metrics(own),
                         'peak_rss_mb': peak_rss_mb(),
                         'ru_maxrss_mb': ru_maxrss_mb()})
@@ -972,7 +977,10 @@ def render(rec: Dict[str, Any]) -> str:
                 "RecBole's test metrics recomputed from its own top-20 lists "
                 "with `mmdiff.metrics.metrics_from_hits`: largest difference "
                 f"{rb['metric_check_max_diff']:.1e} over "
-                f"{', '.join(rb['metric_check'])}. Threads seen by torch "
+                f"{', '.join(rb['metric_check'])}. In-memory copy of "
+                "RecBole's best weights: "
+                f"{rb['finish'].get('best_state_mb', float('nan')):.1f} MB. "
+                "Threads seen by torch "
                 "(intra-op / inter-op): RecBole "
                 f"{rb['ready']['threads']} / {rb['ready']['interop_threads']}"
                 f", mmdiff {run['contenders']['mmdiff']['ready']['threads']} "
