@@ -898,6 +898,9 @@ def render(rec: Dict[str, Any]) -> str:
         f"after the runs: {rec['matmul_ms']['before']:.1f} / "
         + ('(not measured)' if rec['matmul_ms']['after'] is None else
            f"{rec['matmul_ms']['after']:.1f}") + ' ms.',
+        '- Load average (1, 5, 15 min) before / after the runs: '
+        + ' / '.join('n/a' if v is None else ', '.join(f'{x:.2f}' for x in v)
+                     for v in (rec.get('loadavg') or {}).values()) + '.',
         f"- Command: `{rec['command']}`",
         '- RecBole environment (created by the script when missing): '
         + '; '.join(f'`{c}`' for c in rec['setup_commands']) + '.',
@@ -1164,6 +1167,7 @@ def main(argv=None) -> int:
     sys.path.insert(0, repo)  # this checkout's mmdiff
     import torch
     torch.set_num_threads(args.threads)
+    load_before = list(os.getloadavg())
     before = matmul_ms()
     print(f'2048^3 float32 matmul: {before:.1f} ms', flush=True)
 
@@ -1186,6 +1190,8 @@ def main(argv=None) -> int:
             'machine': machine_text(args.threads),
             'threads': args.threads,
             'matmul_ms': {'before': before, 'after': after},
+            'loadavg': {'before': load_before,
+                        'after': list(os.getloadavg()) if final else None},
             'launcher_rss_mb': max(
                 [r.get('launcher_rss_mb') or 0 for m in runs.values()
                  for r in m.values()] or [0]) or None,
