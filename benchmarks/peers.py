@@ -905,11 +905,17 @@ def render(rec: Dict[str, Any]) -> str:
         '- RecBole environment (created by the script when missing): '
         + '; '.join(f'`{c}`' for c in rec['setup_commands']) + '.',
         '- Versions: RecBole process '
-        + ', '.join(f'{k} {v}' for k, v in rec['versions']['recbole'].items())
+        + ', '.join(f'{k} {v}' for k, v in
+                    rec['versions'].get('recbole', {}).items())
         + '; mmdiff process '
-        + ', '.join(f'{k} {v}' for k, v in rec['versions']['mmdiff'].items())
+        + ', '.join(f'{k} {v}' for k, v in
+                    rec['versions'].get('mmdiff', {}).items())
         + '.',
-        f"- Budget, the same for both: at most {b['max_epochs']} epochs, "
+        "- Budget, the same for both libraries: at most "
+        + (f"{b['max_epochs']} epochs" if not isinstance(b['max_epochs'], dict)
+           else ', '.join(f'{v} epochs for {k}'
+                          for k, v in b['max_epochs'].items()))
+        + ", "
         f"early stopping after {b['patience']} epochs without a better "
         f"validation Recall@{K} (strictly larger; the first best wins), "
         f"seed {b['seed']}, {rec['threads']} threads "
@@ -1011,13 +1017,36 @@ def render(rec: Dict[str, Any]) -> str:
 
 
 # ------------------------------------------------------------- the run
+def parse_caps(values: Optional[Sequence[str]]):
+    r"""``--max-epochs``: ``None``, one cap (``['40']`` -> ``40``) or caps
+    per model (``['lightgcn=60', 'diffrec=15']`` -> a dict)."""
+    if not values:
+        return None
+    if len(values) == 1 and '=' not in values[0]:
+        return int(values[0])
+    caps = {}
+    for v in values:
+        model, eq, n = v.partition('=')
+        if not eq or model not in MODELS:
+            raise ValueError(f'--max-epochs: {v!r} is not N or MODEL=N with '
+                             f'MODEL in {list(MODELS)}')
+        caps[model] = int(n)
+    return caps
+
+
+def cap_of(caps, model: str, preset_cap: int) -> int:
+    if isinstance(caps, dict):
+        return caps.get(model, preset_cap)
+    return caps or preset_cap
+
+
 def run_pair(dataset: str, model: str, args, data, py_recbole: Path,
              scratch: Path, env: Dict[str, str], log=print) -> Dict[str, Any]:
     from mmdiff.data.hetero import num_items, num_users
     from mmdiff.train.config import preset
     from mmdiff.train.run import dataset_key
     cfg = preset(model, dataset_key(dataset))
-    max_epochs = args.max_epochs or cfg.get('epochs', 1000)
+    max_epochs = cap_of(args.max_epochs, model, cfg.get('epochs', 1000))
     patience = cfg.get('patience', 20) if args.patience is None \
         else args.patience
     U, I = num_users(data), num_items(data)
@@ -1033,7 +1062,9 @@ def run_pair(dataset: str, model: str, args, data, py_recbole: Path,
                         dataset=name, data_path=str(folder), params=params,
                         files={k: str(v) for k, v in files.items()},
                         num_items=I, scratch=str(scratch / 'recbole-saved')),
-        'mmdiff': dict(common, dataset=dataset, root=args.root, cfg=cfg,
+        'mmdiff': dict(common, dataset=dataset, cfg=cfg,
+                       root=None if args.root is None else
+                       str(Path(args.root).expanduser().absolute()),
                        max_epochs=max_epochs, patience=patience),
     }
     pythons = {'recbole': str(py_recbole), 'mmdiff': sys.executable}
@@ -1120,8 +1151,11 @@ def main(argv=None) -> int:
                     choices=MODELS)
     ap.add_argument('--threads', type=int, default=2)
     ap.add_argument('--seed', type=int, default=0)
-    ap.add_argument('--max-epochs', type=int, default=None,
-                    help='epoch cap for both (default: the preset\'s)')
+    ap.add_argument('--max-epochs', nargs='+', default=None,
+                    metavar='N|MODEL=N',
+                    help='epoch cap for both libraries, one number or one '
+                         'per model (lightgcn=60 diffrec=15; default: the '
+                         'preset\'s)')
     ap.add_argument('--patience', type=int, default=None,
                     help='early-stopping patience for both (default: the '
                          'preset\'s)')
@@ -1140,6 +1174,10 @@ def main(argv=None) -> int:
                     help='folder of <tag>.md (the JSON goes to '
                          '<out>/peers_runs/)')
     args = ap.parse_args(argv)
+    try:
+        args.max_epochs = parse_caps(args.max_epochs)
+    except ValueError as e:
+        ap.error(str(e))
     if args.quick:
         args.max_epochs = args.max_epochs or 2
         args.patience = 2 if args.patience is None else args.patience
