@@ -185,6 +185,8 @@ def test_summary_medians_skip_the_warm_up_and_ratios_pair_rounds():
     assert s['ratio']['test_s'] == pytest.approx(2.0)
     assert (s['recbole']['best_epoch'], s['mmdiff']['best_epoch']) == (2, 3)
     assert s['recbole']['val_recall'] == 0.03
+    assert (s['recbole']['first_train_s'], s['mmdiff']['first_eval_s']) == \
+        (9.0, 1.0)
 
 
 def test_paired_ratios_and_stats_edge_cases():
@@ -195,9 +197,9 @@ def test_paired_ratios_and_stats_edge_cases():
     assert peers.ratio(1.0, 0.0) is None and peers.ratio(None, 1.0) is None
 
 
-def test_report_lists_commands_shims_and_ratios(tmp_path):
+def _record():
     run = _run()
-    rec = {'command': '.venv/bin/python benchmarks/peers.py --datasets x',
+    return {'command': '.venv/bin/python benchmarks/peers.py --datasets x',
            'date': '2026-01-01T00:00:00', 'wall_s': 120.0,
            'machine': 'test box', 'threads': 2,
            'matmul_ms': {'before': 100.0, 'after': 101.0},
@@ -207,7 +209,10 @@ def test_report_lists_commands_shims_and_ratios(tmp_path):
            'budget': {'max_epochs': 4, 'patience': 2, 'seed': 0},
            'shims': peers.SHIMS, 'notes': peers.NOTES,
            'runs': {'x': {'lightgcn': run}}}
-    md = peers.render(json.loads(json.dumps(rec)))  # as stored
+
+
+def test_report_lists_commands_shims_and_ratios():
+    md = peers.render(json.loads(json.dumps(_record())))  # as stored
     assert '`.venv/bin/python benchmarks/peers.py --datasets x`' in md
     assert '`python3 -m venv V`' in md
     for what, _ in peers.SHIMS:
@@ -220,6 +225,8 @@ def test_report_lists_commands_shims_and_ratios(tmp_path):
         '1.250× |' in md
     assert '| selected epoch (1 = first) / epochs run | 2 / 4 | 3 / 3 |' in md
     assert 'patience (4 epochs)' in md and 'cap (3 epochs)' in md
+    assert '| first epoch (warm-up, not in the medians): train s / ' \
+        'validation s | 9.00 / 3.00 | 5.00 / 1.00 | |' in md
     assert '100.0 / 101.0 ms' in md
     assert 'RecBole 2 / 2, mmdiff 2 / 2' in md
 
@@ -240,3 +247,36 @@ def test_default_environment_is_outside_the_repository():
     repo = BENCH.parent.resolve()
     assert repo not in peers.DEFAULT_VENV.resolve().parents
     assert num_items  # the synthetic helpers come from mmdiff.data
+
+
+def test_render_rebuilds_the_report_from_a_stored_record(tmp_path):
+    rec = _record()
+    del rec['runs']['x']['lightgcn']['summary']  # recomputed from the epochs
+    path = tmp_path / 'rec.json'
+    path.write_text(json.dumps(rec))
+    assert peers.main(['--render', str(path), '--out', str(tmp_path),
+                       '--tag', 'again']) == 0
+    md = (tmp_path / 'again.md').read_text()
+    assert md == peers.render(json.loads(json.dumps(_record())))
+    assert not (tmp_path / 'peers_runs').exists()
+
+
+def test_failed_model_is_reported_not_hidden():
+    rec = _record()
+    rec['runs']['x']['diffrec'] = {'error': 'Traceback ...\nBoom: no'}
+    rec['complete'] = False
+    md = peers.render(json.loads(json.dumps(rec)))
+    assert '## diffrec on x: failed' in md and 'Boom: no' in md
+    assert 'only the finished models are below' in md
+
+
+def test_caps_per_model():
+    assert peers.parse_caps(None) is None
+    assert peers.parse_caps(['7']) == 7
+    caps = peers.parse_caps(['lightgcn=50', 'diffrec=14'])
+    assert caps == {'lightgcn': 50, 'diffrec': 14}
+    assert peers.cap_of(caps, 'diffrec', 1000) == 14
+    assert peers.cap_of({'diffrec': 3}, 'lightgcn', 1000) == 1000
+    assert peers.cap_of(None, 'lightgcn', 1000) == 1000
+    with pytest.raises(ValueError, match='MODEL=N'):
+        peers.parse_caps(['mf=3'])
