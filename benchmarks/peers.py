@@ -900,6 +900,29 @@ def summary_table(s: Dict[str, Any]) -> List[str]:
     ]
 
 
+def convergence_note(s: Dict[str, Any]) -> str:
+    r"""One sentence on whether each run converged (stopped by patience)
+    or hit the cap, and whether its selected epoch was its last."""
+    parts = []
+    for name, label in (('recbole', 'RecBole'), ('mmdiff', 'mmdiff')):
+        c = s[name]
+        if c['stopped_by'].startswith('patience'):
+            parts.append(f"{label} was stopped by the patience rule "
+                         f"after {c['epochs_run']} epochs (best epoch "
+                         f"{c['best_epoch']})")
+        elif c['best_epoch'] == c['epochs_run']:
+            parts.append(f'{label} hit the cap still improving (its last '
+                         'epoch is its best)')
+        else:
+            parts.append(f"{label} hit the cap (best epoch "
+                         f"{c['best_epoch']} of {c['epochs_run']})")
+    capped = all(not s[n]['stopped_by'].startswith('patience')
+                 for n in CONTENDERS)
+    tail = (' The quality figures compare the two libraries after the same '
+            'number of epochs, not at convergence.' if capped else '')
+    return '; '.join(parts) + '.' + tail
+
+
 def render(rec: Dict[str, Any]) -> str:
     r"""The text of ``peers.md``."""
     b = rec['budget']
@@ -988,6 +1011,7 @@ def render(rec: Dict[str, Any]) -> str:
             lines += summary_table(s)
             own = run['contenders']['recbole']['finish'][
                 'test_recbole_protocol']
+            lines += ['', convergence_note(s)]
             lines += [
                 '',
                 f"RecBole protocol (validation items masked too at test "

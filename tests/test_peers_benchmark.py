@@ -280,3 +280,19 @@ def test_caps_per_model():
     assert peers.cap_of(None, 'lightgcn', 1000) == 1000
     with pytest.raises(ValueError, match='MODEL=N'):
         peers.parse_caps(['mf=3'])
+
+
+def test_convergence_note_says_who_hit_the_cap():
+    s = _run()['summary']
+    note = peers.convergence_note(s)
+    assert note == ('RecBole was stopped by the patience rule after 4 '
+                    'epochs (best epoch 2); mmdiff hit the cap still '
+                    'improving (its last epoch is its best).')
+    s['recbole']['stopped_by'] = 'cap (4 epochs)'
+    note = peers.convergence_note(s)
+    assert note.startswith('RecBole hit the cap (best epoch 2 of 4)')
+    assert note.endswith('after the same number of epochs, not at '
+                         'convergence.')
+    assert peers.convergence_note(s) in peers.render(
+        json.loads(json.dumps(dict(_record(), runs={'x': {'m': dict(
+            _run(), summary=s)}}))))
