@@ -51,7 +51,6 @@ import json
 import multiprocessing as mp
 import os
 import platform
-import resource
 import statistics
 import sys
 import tempfile
@@ -61,6 +60,8 @@ import types
 import warnings
 from pathlib import Path
 from typing import Any, Dict, List, Optional
+
+from speed import matmul_ms, peak_rss_mb  # benchmarks/speed.py
 
 HERE = Path(__file__).resolve().parent
 RESULTS = HERE / 'results'
@@ -87,34 +88,6 @@ SHIMS = [
     '`scipy.sparse.coo_matrix.A` -> `toarray()` (removed from scipy)',
     'the unused `setproctitle` import is stubbed',
 ]
-
-
-def peak_rss_mb() -> float:
-    r"""Peak resident memory of this process in MB: ``VmHWM`` (Linux),
-    which a process started by fork + exec does not inherit; ``ru_maxrss``
-    does (it keeps the parent's peak at the fork), so it is only the
-    fallback."""
-    try:
-        for line in Path('/proc/self/status').read_text().splitlines():
-            if line.startswith('VmHWM:'):
-                return int(line.split()[1]) / 1024.0
-    except OSError:
-        pass
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0
-
-
-def matmul_ms(dtype_name: str, n: int = 2048, reps: int = 5) -> float:
-    r"""Median milliseconds of one ``n x n`` matrix product."""
-    import torch
-    dtype = getattr(torch, dtype_name)
-    a, b = torch.randn(n, n).to(dtype), torch.randn(n, n).to(dtype)
-    a @ b
-    times = []
-    for _ in range(reps):
-        t = time.perf_counter()
-        a @ b
-        times.append(time.perf_counter() - t)
-    return 1e3 * statistics.median(times)
 
 
 # ---------------------------------------------------------------- official

@@ -63,6 +63,22 @@ def matmul_rate(dtype=torch.float32, n: int = 2048, reps: int = 5) -> float:
     return 2 * n ** 3 * reps / (time.perf_counter() - t) / 1e9
 
 
+def matmul_ms(dtype_name: str = 'float32', n: int = 2048,
+              reps: int = 5) -> float:
+    r"""Median milliseconds of one ``n x n`` matrix product in ``dtype_name``
+    (``'float32'``, ``'bfloat16'``)."""
+    import statistics
+    dtype = getattr(torch, dtype_name)
+    a, b = torch.randn(n, n).to(dtype), torch.randn(n, n).to(dtype)
+    a @ b
+    times = []
+    for _ in range(reps):
+        t = time.perf_counter()
+        a @ b
+        times.append(time.perf_counter() - t)
+    return 1e3 * statistics.median(times)
+
+
 def attach_features(data, features: Dict[str, int], seed: int = 0):
     r"""Give every item seeded Gaussian features ``name -> dim`` (for
     scale tests on interaction-only datasets such as Sports)."""
