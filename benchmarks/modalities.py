@@ -198,6 +198,122 @@ def run_variant(model: str, dataset: str, variant: str, seed: int, *,
             'date': dt.datetime.now().isoformat(timespec='seconds')}
 
 
+#: settings that act only while a model is built; a run that differs from
+#: the full run only in these can be its twin
+BUILD_ONLY = frozenset({'modality_screening', 'screening_alpha'})
+
+
+def model_modalities(model) -> List[str]:
+    r"""The modalities a built model uses (DiffMM ``modalities``, LD4MRec
+    ``modality_names``)."""
+    names = getattr(model, 'modalities', None)
+    if names is None:
+        names = getattr(model, 'modality_names', None)
+    return list(names or [])
+
+
+def outcome(metrics: Dict) -> Dict:
+    r"""The metrics of a record without its timings."""
+    return {k: v for k, v in metrics.items()
+            if not k.startswith('seconds_per_epoch')}
+
+
+def _tensors(model) -> Dict[str, torch.Tensor]:
+    return {**dict(model.named_parameters()), **dict(model.named_buffers())}
+
+
+def twin_check(model: str, cfg: Dict, data, twin_cfg: Dict, twin_data,
+               seed: int) -> Optional[Dict]:
+    r"""Whether training ``(model, cfg, data)`` is the same computation as
+    training ``(model, twin_cfg, twin_data)`` with ``seed``: both models are
+    built as :func:`mmdiff.train.run.train_run` builds them, and they are
+    twins when the configurations differ only in :data:`BUILD_ONLY`, the
+    models use the same modalities in the same order, every parameter and
+    buffer is bit-identical and the Python, NumPy and torch random states
+    after building are equal.  (The trainer reads only the interactions and
+    the model, so it then runs the same computation.)  Returns the check
+    (what was compared, which modalities the screening dropped) or
+    :obj:`None` when they are not twins."""
+    import random
+    from mmdiff.train.run import build_model
+    diff = sorted(k for k in set(cfg) | set(twin_cfg)
+                  if cfg.get(k) != twin_cfg.get(k))
+    if set(diff) - BUILD_ONLY:
+        return None
+    built = []
+    for c, d in ((twin_cfg, twin_data), (cfg, data)):
+        net, trainer_kw = build_model(model, d, dict(c), seed=seed)
+        built.append((net, trainer_kw, torch.get_rng_state(),
+                      np.random.get_state(), random.getstate()))
+    (a, kw_a, ta, na, pa), (b, kw_b, tb, nb, pb) = built
+    names_a, names_b = model_modalities(a), model_modalities(b)
+    ten_a, ten_b = _tensors(a), _tensors(b)
+    same = (kw_a == kw_b and names_a == names_b and type(a) is type(b)
+            and list(ten_a) == list(ten_b)
+            and all(ten_a[k].dtype == ten_b[k].dtype and
+                    ten_a[k].shape == ten_b[k].shape and
+                    torch.equal(ten_a[k], ten_b[k]) for k in ten_a)
+            and torch.equal(ta, tb) and pa == pb
+            and na[0] == nb[0] and np.array_equal(na[1], nb[1])
+            and na[2:] == nb[2:])
+    if not same:
+        return None
+    dropped = getattr(b, 'dropped_modalities', [])
+    return {'relevance': {m: dataclasses.asdict(r) for m, r in
+                          getattr(b, 'modality_relevance', {}).items()},
+            'config_differs_in': diff, 'modalities': names_b,
+            'dropped_by_screening': list(dropped),
+            'tensors_compared': len(ten_b),
+            'elements_compared': int(sum(t.numel() for t in ten_b.values())),
+            'random_states_equal': True}
+
+
+def run_twin(model: str, dataset: str, variant: str, seed: int, *,
+             full_record: Dict, overrides: Optional[Dict] = None,
+             label: str = '', epochs: int = 0, data=None, root=None,
+             command: Optional[str] = None) -> Optional[Dict]:
+    r"""The record of ``(model, variant, seed)`` without training, when its
+    model is the twin (:func:`twin_check`) of the default full model of the
+    same seed, whose ``full_record`` then gives the metrics; else
+    :obj:`None` (the run has to be trained).  This is the case of a noise
+    modality that ``modality_screening`` drops before anything is built,
+    and of the papers' behaviour (``modality_screening=false``) on data
+    whose every modality passes the screening."""
+    from mmdiff.data.hetero import modality_names
+    from mmdiff.train.config import preset
+    from mmdiff.train.run import dataset_key, load_data
+    t0 = time.time()
+    cfg = preset(model, dataset_key(dataset))
+    cfg.update(overrides or {})
+    if epochs:
+        cfg['epochs'] = epochs
+    if (variant == 'full' and not label) or variant == 'none' or \
+            variant.startswith('-'):
+        return None
+    base = data if data is not None else load_data(dataset, root)
+    vdata, mods, extra = variant_data(base, variant, seed)
+    cfg.update(extra)
+    if mods is not None:
+        vdata = select_modalities(vdata, mods)
+    check = twin_check(model, cfg, vdata, full_record['config'], base, seed)
+    if check is None:
+        return None
+    rec = {k: full_record[k] for k in ('model', 'dataset', 'metrics',
+                                        'modality_weights', 'history')}
+    relevance = check.pop('relevance')
+    rec.update({
+        'label': label, 'variant': variant, 'seed': seed,
+        'modalities': modality_names(vdata), 'config': cfg,
+        'modality_relevance': relevance,
+        'twin_of': record_name(model, '', dataset, 'full', seed),
+        'twin_check': check,
+        'wall_seconds': time.time() - t0,
+        'command': command or command_line(sys.argv[1:]),
+        'machine': quality.machine(),
+        'date': dt.datetime.now().isoformat(timespec='seconds')})
+    return rec
+
+
 def command_line(argv: Sequence[str]) -> str:
     r"""The command of a run as stored in its record, with the data root
     written as ``DATA_ROOT``."""
@@ -302,6 +418,8 @@ def group_table(recs: List[Dict]) -> List[str]:
             if key == 'test/recall@20':
                 ratio = f'{mean / se:+.1f}' if se == se and se > 0 else ''
                 verdict_text = verdict(v, mean, se)
+                if all(r.get('twin_of') for r in rs):
+                    verdict_text += ' (twin of full, not retrained)'
         cells += [ratio, verdict_text,
                   f"{statistics.mean(r['wall_seconds'] for r in rs):.0f}"]
         lines.append('| ' + ' | '.join(cells) + ' |')
@@ -359,6 +477,53 @@ def relevance_lines(recs: List[Dict]) -> List[str]:
             f"{max(ps):.2f})")
     return ['', 'Relevance test of `modality_screening` (runs that ran it): '
             + '; '.join(parts) + '.']
+
+
+def twin_lines(recs: List[Dict], all_recs: List[Dict]) -> List[str]:
+    r"""The runs of a group that were not trained again (``twin_of``), and
+    the trained runs whose metrics equal those of the default full run of
+    the same seed exactly (the evidence that a twin trains identically)."""
+    twins = [r for r in recs if r.get('twin_of')]
+    if not twins:
+        return []
+    full = {(r['dataset'], r['model'], r['seed']): r for r in all_recs
+            if r['variant'] == 'full' and not r.get('label')}
+    by: Dict[str, List[Dict]] = {}
+    for r in twins:
+        by.setdefault(r['variant'], []).append(r)
+    parts = []
+    for v in sorted(by, key=_order):
+        rs = sorted(by[v], key=lambda r: r['seed'])
+        dropped = sorted({m for r in rs
+                          for m in r['twin_check']['dropped_by_screening']})
+        differs = sorted({k for r in rs
+                          for k in r['twin_check']['config_differs_in']})
+        why = (f'the screening dropped {", ".join(dropped)}' if dropped else
+               'the screening kept every modality') + (
+            f'; configuration differs only in {", ".join(differs)}'
+            if differs else '')
+        n = rs[0]['twin_check']['tensors_compared']
+        parts.append(f"{v} seed{'s' if len(rs) > 1 else ''} "
+                     f"{', '.join(str(r['seed']) for r in rs)} ({why}; "
+                     f"{n} parameters and buffers bit-equal)")
+    same = sorted(
+        f"{r['model']}{'-' + r['label'] if r.get('label') else ''} "
+        f"{dataset_tag(r['dataset'])} {r['variant']} seed {r['seed']}"
+        for r in all_recs if not r.get('twin_of') and
+        (r['variant'] != 'full' or r.get('label')) and
+        (r['dataset'], r['model'], r['seed']) in full and
+        outcome(r['metrics']) == outcome(
+            full[(r['dataset'], r['model'], r['seed'])]['metrics']))
+    lines = ['', 'Not trained again (twins: both models built as a run '
+             'builds them were bit-identical, with equal random states '
+             'afterwards, so the run is the default full run of the same '
+             'seed and its record takes that run\'s metrics; '
+             '`--no-twins` trains them anyway): ' + '; '.join(parts) + '.']
+    if same:
+        lines[-1] += (f' Trained runs whose metrics equal the default full '
+                      f'run of their seed exactly ({len(same)}): '
+                      + ', '.join(same) + '.')
+    return lines
 
 
 def missing_lines(recs: List[Dict]) -> List[str]:
@@ -482,6 +647,7 @@ def render(recs: List[Dict]) -> str:
         lines += [f'## {title}', '']
         lines += group_table(rs)
         lines += relevance_lines(rs)
+        lines += twin_lines(rs, recs)
         lines += missing_lines(rs)
         lines += ['', 'Per seed:', ''] + seed_table(rs) + ['']
         if cfg_diff:
@@ -543,6 +709,11 @@ def main(argv=None) -> int:
     ap.add_argument('--pending', action='store_true',
                     help='list the runs still missing and exit')
     ap.add_argument('--force', action='store_true')
+    ap.add_argument('--no-twins', action='store_true',
+                    help='train every run, also those whose built model is '
+                         'bit-identical to the full model of the same seed '
+                         '(by default their record takes the full run\'s '
+                         'metrics, marked twin_of)')
     ap.add_argument('--report-only', action='store_true')
     args = ap.parse_args(argv)
     command = command_line(sys.argv[1:] if argv is None else argv)
@@ -588,11 +759,26 @@ def main(argv=None) -> int:
         runs.mkdir(parents=True, exist_ok=True)
         for name, v, seed, path in todo:
             print(f'=== {path.name}', flush=True)
-            rec = run_variant(name, args.dataset, v, seed, root=args.root,
-                              device=args.device, overrides=overrides,
-                              label=args.label, epochs=args.epochs,
-                              work=Path(args.work) if args.work else None,
-                              data=data, command=command)
+            rec = None
+            full = runs / record_name(name, '', args.dataset, 'full', seed)
+            if not args.no_twins and full.exists():
+                rec = run_twin(name, args.dataset, v, seed,
+                               full_record=json.loads(full.read_text()),
+                               overrides=overrides, label=args.label,
+                               epochs=args.epochs, data=data, root=args.root,
+                               command=command)
+                if rec is not None:
+                    print(f"{path.name}: the same model as {full.name} "
+                          f"(screening dropped "
+                          f"{rec['twin_check']['dropped_by_screening']}); "
+                          f"not trained again", flush=True)
+            if rec is None:
+                rec = run_variant(
+                    name, args.dataset, v, seed, root=args.root,
+                    device=args.device, overrides=overrides,
+                    label=args.label, epochs=args.epochs,
+                    work=Path(args.work) if args.work else None,
+                    data=data, command=command)
             path.write_text(json.dumps(rec, indent=1))
             print(f"{path.name}: test R@20 "
                   f"{rec['metrics']['test/recall@20']:.4f} "

@@ -126,3 +126,76 @@ def test_results_file_is_what_the_records_give():
     assert (modalities.RESULTS / 'modalities.md').read_text() == \
         modalities.render(recs), ('run python benchmarks/modalities.py '
                                   '--report-only')
+
+
+SMALL = 'synthetic'   # big enough for the screening to drop a noise modality
+
+
+def test_twin_runs_equal_trained_runs(tmp_path):
+    r"""A ``+noise`` run whose screening drops the noise (and a papers'
+    ``full`` run whose screening would keep everything) is not trained
+    again; its record's metrics equal those of training it
+    (``--no-twins``)."""
+    args = ['--models', 'ld4mrec', 'diffmm', '--dataset', SMALL, '--seeds',
+            '1', '--epochs', '1', '--threads', '1', '--noise-dims', '16',
+            '--work', '', '--variants=full,+noise16']
+    paper = ['--variants=full', '--label', 'paper', '--set',
+             'modality_screening=false']
+    for sub, extra in (('twin', []), ('trained', ['--no-twins'])):
+        assert modalities.main(args + extra +
+                               ['--results', str(tmp_path / sub)]) == 0
+        assert modalities.main(args[:-1] + paper + extra +
+                               ['--results', str(tmp_path / sub)]) == 0
+    tag = modalities.dataset_tag(SMALL)
+    for model in ('ld4mrec', 'diffmm'):
+        for name in (f'{model}-{tag}-plus-noise16-seed1.json',
+                     f'{model}-paper-{tag}-full-seed1.json'):
+            twin = json.loads((tmp_path / 'twin' / 'modality_runs' /
+                               name).read_text())
+            trained = json.loads((tmp_path / 'trained' / 'modality_runs' /
+                                  name).read_text())
+            assert twin['twin_of'] == f'{model}-{tag}-full-seed1.json'
+            assert 'twin_of' not in trained
+            assert modalities.outcome(twin['metrics']) == \
+                modalities.outcome(trained['metrics'])
+            assert twin['twin_check']['random_states_equal']
+            assert twin['twin_check']['tensors_compared'] > 0
+        noise = json.loads((tmp_path / 'twin' / 'modality_runs' /
+                            f'{model}-{tag}-plus-noise16-seed1.json'
+                            ).read_text())
+        assert noise['twin_check']['dropped_by_screening'] == ['noise16']
+        assert noise['modality_relevance']['noise16']['keep'] is False
+        assert noise['modalities'] == ['image', 'text', 'noise16']
+        p = json.loads((tmp_path / 'twin' / 'modality_runs' /
+                        f'{model}-paper-{tag}-full-seed1.json').read_text())
+        assert p['twin_check']['config_differs_in'] == ['modality_screening']
+        assert p['twin_check']['dropped_by_screening'] == []
+    md = (tmp_path / 'twin' / 'modalities.md').read_text()
+    row = next(ln for ln in md.splitlines() if ln.startswith('| +noise16'))
+    assert '(twin of full, not retrained)' in row
+    assert 'Not trained again (twins' in md
+    assert 'the screening dropped noise16' in md
+    md = (tmp_path / 'trained' / 'modalities.md').read_text()
+    assert 'Not trained again' not in md
+
+
+def test_twin_check_refuses_other_computations():
+    from mmdiff.train.config import preset
+    from mmdiff.train.run import load_data
+    data = load_data(SMALL)
+    cfg = preset('diffmm', 'synthetic')
+    cfg['modality_screening'] = True
+    assert modalities.twin_check('diffmm', dict(cfg), data, dict(cfg), data,
+                                 seed=0) is not None
+    # a setting that acts during training
+    assert modalities.twin_check('diffmm', {**cfg, 'lr': 0.5}, data,
+                                 dict(cfg), data, seed=0) is None
+    # a modality left out is another model
+    less = modalities.select_modalities(data, ['image'])
+    assert modalities.twin_check('diffmm', dict(cfg), less, dict(cfg), data,
+                                 seed=0) is None
+    # screening off keeps a noise modality: another model
+    noisy, _, _ = modalities.variant_data(data, '+noise16', 0)
+    off = {**cfg, 'modality_screening': False}
+    assert modalities.twin_check('diffmm', off, noisy, dict(cfg), data,
+                                 seed=0) is None

@@ -52,24 +52,17 @@ def train_run(model_name: str, dataset: str, *, root=None, modalities=None,
     evaluate`` / ``recommend`` / ``--resume`` import them again."""
     from mmdiff.nn.models import get_model_class
     from mmdiff.train import Trainer
-    from mmdiff.train.config import split_config, preset
-    from mmdiff.train.seed import resolve_device, seed_everything
+    from mmdiff.train.config import preset
+    from mmdiff.train.seed import resolve_device
     cls = get_model_class(model_name)
     if cfg is None:
         cfg = preset(cls.name, dataset_key(dataset))
     cfg = cls.canonical_hparams(cfg, prefer_alias=True)
-    trainer_kw, hparams = split_config(cfg, cls)
     dev = resolve_device(device, fallback=cpu_fallback)
     if data is None:
         data = load_data(dataset, root, modalities, noise, seed)
-    if cls.requires_modalities:
-        from mmdiff.data.hetero import modality_names
-        if not modality_names(data):
-            raise _no_modalities(cls.name, dataset)
-    if modalities and 'modalities' in cls.hparam_names():
-        hparams.setdefault('modalities', list(modalities))
-    seed_everything(seed)
-    model = cls.from_data(data, **hparams)
+    model, trainer_kw = build_model(cls.name, data, cfg, seed=seed,
+                                    modalities=modalities, dataset=dataset)
     config = {'model': cls.name, 'dataset': dataset,
               'root': str(Path(root).resolve()) if root else None,
               'modalities': list(modalities) if modalities else None,
@@ -80,6 +73,34 @@ def train_run(model_name: str, dataset: str, *, root=None, modalities=None,
                       resume=resume, progress=progress, log=log,
                       config=config, **trainer_kw)
     return trainer.fit(), model, data
+
+
+def build_model(model_name: str, data, cfg: Dict[str, Any], *,
+                seed: int = 0, modalities: Optional[List[str]] = None,
+                dataset: str = 'the data'):
+    r"""The model of a run, built as :func:`train_run` builds it: the
+    configuration is split into trainer settings and model
+    hyper-parameters, every random generator is seeded with ``seed``, then
+    ``cls.from_data(data, **hparams)``.
+
+    Returns ``(model, trainer_kw)`` (the settings of
+    :class:`~mmdiff.train.Trainer`).  Two calls with the same arguments
+    give bit-identical models and leave the random generators in the same
+    state."""
+    from mmdiff.nn.models import get_model_class
+    from mmdiff.train.config import split_config
+    from mmdiff.train.seed import seed_everything
+    cls = get_model_class(model_name)
+    cfg = cls.canonical_hparams(cfg, prefer_alias=True)
+    trainer_kw, hparams = split_config(cfg, cls)
+    if cls.requires_modalities:
+        from mmdiff.data.hetero import modality_names
+        if not modality_names(data):
+            raise _no_modalities(cls.name, dataset)
+    if modalities and 'modalities' in cls.hparam_names():
+        hparams.setdefault('modalities', list(modalities))
+    seed_everything(seed)
+    return cls.from_data(data, **hparams), trainer_kw
 
 
 def _no_modalities(model: str, dataset: str):
