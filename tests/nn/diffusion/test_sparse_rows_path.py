@@ -3,6 +3,7 @@ r"""Sparse CSR interaction rows take a path that never densifies them
 it must give exactly the numbers of the dense rows."""
 from __future__ import annotations
 
+import pytest
 import torch
 
 from mmdiff.data.samplers import dense_rows, sparse_rows
@@ -94,3 +95,26 @@ def test_chunked_gather_index_add_is_the_one_shot_result():
             got = gather_index_add_(base.clone(), index, src, src_index, sc,
                                     max_elements=chunk * d)
             assert torch.equal(got, want), chunk
+
+
+@pytest.mark.parametrize('dtype', [torch.float32, torch.bfloat16])
+def test_gram_matrix_from_strips_is_the_plain_product(dtype):
+    # LinearOutputLoss forms W^T W from the upper block triangle: the same
+    # dot products as the plain product, exactly symmetric
+    from mmdiff.nn.diffusion._fused import GRAM_MIN, gram_matrix
+    g = torch.Generator().manual_seed(0)
+    for n, k in ((700, GRAM_MIN), (301, 257), (1200, 600)):
+        w = (torch.randn(n, k, generator=g) * 0.05).to(dtype)
+        want = w.t() @ w
+        for strips in (2, 3, 4, 7):
+            got = gram_matrix(w, strips)
+            assert got.dtype == dtype and got.shape == (k, k)
+            assert torch.equal(got, got.t())
+            tol = dict(rtol=1e-5, atol=1e-6) if dtype == torch.float32 \
+                else dict(rtol=1e-2, atol=1e-3)
+            torch.testing.assert_close(got.float(), want.float(), **tol)
+    # small matrices (and one strip) take the plain product
+    w = torch.randn(50, GRAM_MIN - 1, generator=g).to(dtype)
+    assert torch.equal(gram_matrix(w), w.t() @ w)
+    assert torch.equal(gram_matrix(w[:, :8], strips=1), w[:, :8].t() @
+                       w[:, :8])
