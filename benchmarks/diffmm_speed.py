@@ -74,7 +74,12 @@ CONTENDERS: Dict[str, Optional[List[str]]] = {
     'float32': [],
     'bf16-denoiser': ['precision=bf16-denoiser'],
     'bf16': ['precision=bf16'],
+    'float32-system-malloc': [],
 }
+#: mmdiff contenders that keep the C allocator's defaults; the others run
+#: with the setting of ``mmdiff train`` (:func:`mmdiff.train.allocator.
+#: retain_freed_memory`)
+SYSTEM_MALLOC = frozenset({'float32-system-malloc'})
 
 OFFICIAL_ARGS = ['--data', 'baby', '--reg', '1e-4', '--ssl_reg', '1e-2',
                  '--trans', '1', '--e_loss', '0.1', '--cl_method', '1',
@@ -247,6 +252,9 @@ def _worker(conn, name: str, official: Optional[str], root: str,
         if CONTENDERS[name] is None:
             runner = _Official(Path(official), Path(root), dataset, seed)
         else:
+            if name not in SYSTEM_MALLOC:
+                from mmdiff.train.allocator import retain_freed_memory
+                retain_freed_memory()
             runner = _Ours(list(extra) + CONTENDERS[name], Path(root),
                            dataset, seed)
         conn.send(('ready', {'seconds': time.perf_counter() - t0,
@@ -317,7 +325,11 @@ def render(rec: Dict[str, Any]) -> str:
     lines += [
         f"- mmdiff: the {rec['dataset']} preset of "
         '`mmdiff/configs/diffmm.toml` plus the overrides in the contender '
-        'name (`float32` = none)'
+        'name (`float32` = none), with the allocator setting of `mmdiff '
+        'train` (glibc malloc keeps freed memory for reuse, '
+        '`mmdiff.train.allocator`) except `float32-system-malloc` (the '
+        'float32 preset with the C allocator\'s defaults, as the official '
+        'code runs)'
         + (f" and `{' '.join(rec['set'])}`" if rec['set'] else '') + '.',
         '- train = diffusion + regeneration + bpr_cl; eval: the one '
         'evaluation per epoch each code runs (full ranking; the official '

@@ -499,7 +499,7 @@ def twin_lines(recs: List[Dict], all_recs: List[Dict]) -> List[str]:
         differs = sorted({k for r in rs
                           for k in r['twin_check']['config_differs_in']})
         why = (f'the screening dropped {", ".join(dropped)}' if dropped else
-               'the screening kept every modality') + (
+               'the same modalities') + (
             f'; configuration differs only in {", ".join(differs)}'
             if differs else '')
         n = rs[0]['twin_check']['tensors_compared']
@@ -510,6 +510,7 @@ def twin_lines(recs: List[Dict], all_recs: List[Dict]) -> List[str]:
         f"{r['model']}{'-' + r['label'] if r.get('label') else ''} "
         f"{dataset_tag(r['dataset'])} {r['variant']} seed {r['seed']}"
         for r in all_recs if not r.get('twin_of') and
+        r['model'] == twins[0]['model'] and
         (r['variant'] != 'full' or r.get('label')) and
         (r['dataset'], r['model'], r['seed']) in full and
         outcome(r['metrics']) == outcome(
@@ -520,8 +521,9 @@ def twin_lines(recs: List[Dict], all_recs: List[Dict]) -> List[str]:
              'seed and its record takes that run\'s metrics; '
              '`--no-twins` trains them anyway): ' + '; '.join(parts) + '.']
     if same:
-        lines[-1] += (f' Trained runs whose metrics equal the default full '
-                      f'run of their seed exactly ({len(same)}): '
+        lines[-1] += (f' Trained {twins[0]["model"]} runs whose metrics '
+                      f'equal the default full run of their seed exactly '
+                      f'({len(same)}): '
                       + ', '.join(same) + '.')
     return lines
 

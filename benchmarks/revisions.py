@@ -35,7 +35,8 @@ RESULTS = HERE / 'results'
 
 # Runs in a fresh interpreter whose import path starts with one version's
 # tree; uses only API that both versions have (presets, Trainer.fit's
-# history with its 'time/<phase>' entries).
+# history with its 'time/<phase>' entries).  A version that has
+# mmdiff.train.allocator runs with its setting, as its `mmdiff train` does.
 JOB = r'''
 import json, resource, sys, warnings
 warnings.filterwarnings('ignore')
@@ -43,6 +44,12 @@ import torch
 spec = json.loads(sys.argv[1])
 torch.set_num_threads(spec['threads'])
 import mmdiff
+try:
+    from mmdiff.train.allocator import retain_freed_memory
+except ImportError:
+    retain_freed_memory = None
+if retain_freed_memory is not None and spec.get('allocator', True):
+    retain_freed_memory()
 from mmdiff.nn.models import get_model_class
 from mmdiff.train import Trainer
 from mmdiff.train.config import parse_overrides, preset, split_config
@@ -136,7 +143,10 @@ def render(rec: Dict[str, Any]) -> str:
              f"- Each round runs one fresh process per version (order "
              f"rotating), {rec['epochs']} epochs each; the first epoch of "
              f"every process is a warm-up. {rec['rounds']} rounds. Times: "
-             'median over the counted epochs [min–max], seconds.', '']
+             'median over the counted epochs [min–max], seconds.',
+             '- A version that has `mmdiff.train.allocator` runs with its '
+             'setting (glibc malloc keeps freed memory for reuse), as its '
+             '`mmdiff train` does.', '']
     for key, s in rec['summary'].items():
         model, dataset, sets = key.split('|')
         phases = [k for k in s['after'] if k != 'rss_mb']
