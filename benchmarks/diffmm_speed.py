@@ -75,11 +75,13 @@ CONTENDERS: Dict[str, Optional[List[str]]] = {
     'bf16-denoiser': ['precision=bf16-denoiser'],
     'bf16': ['precision=bf16'],
     'float32-system-malloc': [],
+    'official-retained-malloc': None,
 }
-#: mmdiff contenders that keep the C allocator's defaults; the others run
-#: with the setting of ``mmdiff train`` (:func:`mmdiff.train.allocator.
-#: retain_freed_memory`)
-SYSTEM_MALLOC = frozenset({'float32-system-malloc'})
+#: contenders whose process keeps freed memory for reuse
+#: (:func:`mmdiff.train.allocator.retain_freed_memory`, the setting of
+#: ``mmdiff train``); the others keep the C allocator's defaults
+RETAINED_MALLOC = frozenset({'float32', 'bf16-denoiser', 'bf16',
+                             'official-retained-malloc'})
 
 OFFICIAL_ARGS = ['--data', 'baby', '--reg', '1e-4', '--ssl_reg', '1e-2',
                  '--trans', '1', '--e_loss', '0.1', '--cl_method', '1',
@@ -249,15 +251,17 @@ def _worker(conn, name: str, official: Optional[str], root: str,
         devnull = open(os.devnull, 'w')
         sys.stdout = devnull
         t0 = time.perf_counter()
+        malloc = 'system'
+        if name in RETAINED_MALLOC:
+            from mmdiff.train.allocator import retain_freed_memory
+            malloc = 'retained' if retain_freed_memory() else 'system'
         if CONTENDERS[name] is None:
             runner = _Official(Path(official), Path(root), dataset, seed)
         else:
-            if name not in SYSTEM_MALLOC:
-                from mmdiff.train.allocator import retain_freed_memory
-                retain_freed_memory()
             runner = _Ours(list(extra) + CONTENDERS[name], Path(root),
                            dataset, seed)
         conn.send(('ready', {'seconds': time.perf_counter() - t0,
+                             'malloc': malloc,
                              'eval_users': runner.eval_users}))
         while conn.recv() == 'epoch':
             out = runner.epoch()
@@ -327,9 +331,10 @@ def render(rec: Dict[str, Any]) -> str:
         '`mmdiff/configs/diffmm.toml` plus the overrides in the contender '
         'name (`float32` = none), with the allocator setting of `mmdiff '
         'train` (glibc malloc keeps freed memory for reuse, '
-        '`mmdiff.train.allocator`) except `float32-system-malloc` (the '
-        'float32 preset with the C allocator\'s defaults, as the official '
-        'code runs)'
+        '`mmdiff.train.allocator`). Context: `float32-system-malloc` is the '
+        'float32 preset with the C allocator\'s defaults (as the official '
+        'code runs), `official-retained-malloc` the official code with '
+        'mmdiff\'s allocator setting'
         + (f" and `{' '.join(rec['set'])}`" if rec['set'] else '') + '.',
         '- train = diffusion + regeneration + bpr_cl; eval: the one '
         'evaluation per epoch each code runs (full ranking; the official '
@@ -400,7 +405,7 @@ def main(argv=None) -> int:
     ap.add_argument('--out', default=str(RESULTS))
     args = ap.parse_args(argv)
     names = [n for n in args.contenders
-             if n != 'official' or args.official is not None]
+             if CONTENDERS[n] is not None or args.official is not None]
     if not names:
         ap.error('nothing to run (official needs --official PATH)')
     if args.epochs < 1:

@@ -4,6 +4,7 @@ benchmarks/revisions.py (two versions of mmdiff).  They run end to end here
 on a tiny dataset; a stand-in for the official code checks the harness
 (shims, dataset layout, phase marks), not its speed."""
 import json
+import platform
 import pickle
 import subprocess
 import sys
@@ -139,6 +140,44 @@ def test_diffmm_speed_end_to_end(tiny_root, tmp_path, monkeypatch):
     md = (out / 'diffmm_speed.md').read_text()
     assert 'speed-up vs official' in md and 'sparse_coo_tensor' in md
     assert 'hidden_dims=[16]' in md
+
+
+def test_diffmm_speed_allocator_contenders(tiny_root, tmp_path,
+                                           monkeypatch):
+    official = tmp_path / 'official'
+    official.mkdir()
+    (official / 'Main.py').write_text(FAKE_MAIN)
+    (official / 'Params.py').write_text(FAKE_PARAMS)
+    monkeypatch.setenv('MMDIFF_CACHE_DIR', str(tmp_path / 'cache'))
+    out = tmp_path / 'out'
+    names = ['official', 'official-retained-malloc', 'float32',
+             'float32-system-malloc']
+    assert diffmm_speed.main([
+        '--official', str(official), '--root', str(tiny_root),
+        '--contenders', *names, '--epochs', '1', '--threads', '1',
+        '--out', str(out), '--set', 'hidden_dims=[16]',
+        'modality_screening=false', 'batch_size=32']) == 0
+    rec = json.loads((out / 'diffmm_speed.json').read_text())
+    assert list(rec['epochs']) == names
+    glibc = platform.system() == 'Linux' and \
+        platform.libc_ver()[0] == 'glibc'
+    want = {'official': 'system', 'float32-system-malloc': 'system',
+            'official-retained-malloc': 'retained' if glibc else 'system',
+            'float32': 'retained' if glibc else 'system'}
+    assert {n: v['malloc'] for n, v in rec['setup_seconds'].items()} == want
+    # the speed-up row has one cell per contender but the official code
+    md = (out / 'diffmm_speed.md').read_text()
+    row = next(ln for ln in md.splitlines()
+               if ln.startswith('| **speed-up vs official'))
+    assert row.count('×') == len(names)
+    # official contenders are left out without --official
+    assert diffmm_speed.main([
+        '--root', str(tiny_root), '--contenders', *names, '--epochs', '1',
+        '--threads', '1', '--out', str(tmp_path / 'o2'), '--set',
+        'hidden_dims=[16]', 'modality_screening=false',
+        'batch_size=32']) == 0
+    rec = json.loads((tmp_path / 'o2' / 'diffmm_speed.json').read_text())
+    assert list(rec['epochs']) == ['float32', 'float32-system-malloc']
 
 
 def test_diffmm_speed_summary_ratios():
