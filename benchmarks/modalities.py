@@ -23,6 +23,18 @@ that both have, its mean :math:`\bar\Delta` and standard error
 itself* when leaving it out lowers Recall@20 by more than one SE; an added
 noise modality is *harmless* when it costs at most one SE.
 
+A run whose model, built as training builds it, is bit-identical to the
+default ``full`` model of the same seed (same modalities, every parameter
+and buffer equal, the same random state afterwards, a configuration that
+differs only in settings used while building) is that run: this is the
+case of a noise modality that ``modality_screening`` drops before anything
+is built, and of ``--label paper --set modality_screening=false`` on data
+whose every modality passes the screening.  Such a *twin* is not trained
+again; its record takes the full run's metrics and says so (``twin_of``,
+``twin_check``), and ``--no-twins`` trains it anyway.  The report lists the
+twins, and the trained runs whose metrics equal their seed's full run
+exactly, the evidence that a twin would train to the same numbers.
+
 Every finished run is one JSON record in ``<results>/modality_runs/`` (the
 metrics, configuration, command, machine, date, seconds); the report
 ``<results>/modalities.md`` is rebuilt from all records, so runs can be made
@@ -770,10 +782,14 @@ def main(argv=None) -> int:
                                epochs=args.epochs, data=data, root=args.root,
                                command=command)
                 if rec is not None:
+                    chk = rec['twin_check']
+                    why = (f"screening dropped "
+                           f"{', '.join(chk['dropped_by_screening'])}"
+                           if chk['dropped_by_screening'] else
+                           f"configuration differs only in "
+                           f"{', '.join(chk['config_differs_in']) or '-'}")
                     print(f"{path.name}: the same model as {full.name} "
-                          f"(screening dropped "
-                          f"{rec['twin_check']['dropped_by_screening']}); "
-                          f"not trained again", flush=True)
+                          f"({why}); not trained again", flush=True)
             if rec is None:
                 rec = run_variant(
                     name, args.dataset, v, seed, root=args.root,
