@@ -39,3 +39,8 @@ class TrainingError(MMDiffError, RuntimeError):
 
 class DeviceError(MMDiffError, RuntimeError):
     """The requested device is not available."""
+
+
+class PerformanceWarning(UserWarning):
+    """A setting runs, with correct results, but far slower than intended on
+    this hardware (e.g. bfloat16 on a CPU without bfloat16 instructions)."""

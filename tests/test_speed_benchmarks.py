@@ -227,3 +227,27 @@ def test_revisions_script_runs_two_versions(tmp_path):
     # each version ran from its own tree
     assert runs['after'][0]['module'] != runs['before'][0]['module']
     assert 'Speed-up (before/after, epoch)' in (out / 't.md').read_text()
+
+
+def test_diffmm_speed_skips_bf16_where_it_is_emulated(monkeypatch):
+    assert diffmm_speed.default_contenders(True) == list(
+        diffmm_speed.CONTENDERS)
+    assert diffmm_speed.default_contenders(False) == [
+        'official', 'float32', 'float32-system-malloc',
+        'official-retained-malloc']
+    # the machine line says why, from the emulated product's timing
+    calls = []
+    monkeypatch.setattr(diffmm_speed, 'matmul_ms',
+                        lambda d, n=2048, reps=5: calls.append((d, n)) or
+                        {('float32', 2048): 100.0, ('float32', 512): 2.0,
+                         ('bfloat16', 512): 100.0,
+                         ('bfloat16', 2048): 40.0}[(d, n)])
+    emulated = diffmm_speed._matmul_rates(False)
+    assert calls == [('float32', 2048), ('float32', 512), ('bfloat16', 512)]
+    line = diffmm_speed._matmul_line(
+        {'matmul_ms': {'before': emulated, 'after': emulated}})
+    assert 'no native bfloat16' in line and '50× slower' in line
+    native = diffmm_speed._matmul_rates(True)
+    line = diffmm_speed._matmul_line(
+        {'matmul_ms': {'before': native, 'after': native}})
+    assert 'bfloat16 40.0 / 40.0 ms' in line and 'native' not in line

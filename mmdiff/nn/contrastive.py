@@ -9,6 +9,7 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from mmdiff.nn.diffusion._fused import mm_aligned
+from mmdiff.nn.precision import check_bf16
 
 #: Largest number of similarity entries computed at once (anchors x keys);
 #: larger problems are split into anchor chunks (``2**22`` floats = 16 MB,
@@ -55,8 +56,10 @@ def info_nce(p: Tensor, q: Union[Tensor, Sequence[Tensor]], nodes: Tensor,
         bf16 (bool): Compute the anchor-by-candidate similarities, their
             exponentials and the matching gradient products in bfloat16
             (sums and the returned loss stay float32).  Faster on CPUs with
-            bf16 matrix units, at ~3 significant digits per similarity.
-            (default: :obj:`False`)
+            bf16 matrix units, at ~3 significant digits per similarity;
+            elsewhere much slower (a
+            :class:`~mmdiff.errors.PerformanceWarning` says so, see
+            :mod:`mmdiff.nn.precision`).  (default: :obj:`False`)
 
     Returns:
         A scalar: :math:`\mathcal{L}`, or :math:`\sum_k \mathcal{L}(p,
@@ -72,6 +75,8 @@ def info_nce(p: Tensor, q: Union[Tensor, Sequence[Tensor]], nodes: Tensor,
         if qk.size(0) != N or qk.size(1) != p.size(1):
             raise ValueError(f"every candidate matrix must be [{N}, "
                              f"{p.size(1)}], got {tuple(qk.shape)}")
+    if bf16:
+        check_bf16(p.device, 'info_nce(bf16=True) (precision bf16)')
     K = len(qs)
     uniq, inverse = torch.unique(nodes, return_inverse=True)
     anchors = F.normalize(p[uniq], dim=1)                        # [A, d]

@@ -35,11 +35,13 @@ from mmdiff.nn.denoisers.base import denoiser_capabilities
 from mmdiff.nn.diffusion._fused import LinearOutputLoss, fused_denoise
 from mmdiff.nn.diffusion.gaussian import GaussianDiffusion
 from mmdiff.nn.diffusion.step_sampler import ImportanceStepSampler
+from mmdiff.nn.precision import check_bf16
 
 
 def _autocast(enabled: bool, device: torch.device):
     if not enabled:
         return contextlib.nullcontext()
+    check_bf16(device, 'autocast_bf16 (precision bf16)')
     return torch.autocast(device_type=device.type, dtype=torch.bfloat16)
 
 
