@@ -39,6 +39,14 @@ from torch_geometric.utils import spmm
 from mmdiff.graph.adjacency import Graph, split_graph
 
 
+def _rows(x: Tensor, num_users: int) -> Tuple[Tensor, Tensor]:
+    r"""``(x[:U], x[U:])`` as one ``split``: its backward concatenates the
+    two gradients, where two slices would each zero-fill and copy a
+    full-size gradient and then add them (same values, bit for bit)."""
+    u, i = x.split([num_users, x.size(0) - num_users])
+    return u, i
+
+
 class NormalizedPropagation(MessagePassing):
     r"""One propagation hop with given, already normalised edge weights
     (no learnable parameters, no normalisation inside):
@@ -231,8 +239,7 @@ class MultiModalAggregation(NormalizedPropagation):
                 if return_views:
                     x = torch.cat([ego_ui, torch.cat([user_emb, feats[m]])],
                                   dim=1)
-                    y = self.hop(x, mgraphs[m])
-                    adj_m, seed = y[:, :d], y[:, d:]
+                    adj_m, seed = self.hop(x, mgraphs[m]).split(d, dim=1)
                     seeds.append(seed)
                 else:
                     adj_m = self.hop(ego_ui, mgraphs[m])
@@ -251,21 +258,21 @@ class MultiModalAggregation(NormalizedPropagation):
             f_mix = sum(w[m] * feats[m] for m in range(M))
             h = self.hop(torch.cat([w_sum * user_emb, f_mix]), graph)
         # Second hop: [sum_m w_m H_m^U ; (sum_m w_m) E_I].
-        h2 = self.hop(torch.cat([h[:U], w_sum * item_emb]), graph)
+        h2 = self.hop(torch.cat([_rows(h, U)[0], w_sum * item_emb]), graph)
         z = h + h2
         if adj_sum is not None:
             z = z + self.ris_adj_lambda * adj_sum
 
         if return_views:
-            stacked = self.layers(torch.cat([z] + seeds, dim=1), graph)
-            e = stacked[:, :d]
-            views = [(v[:U], v[U:]) for v in stacked[:, d:].split(d, dim=1)]
+            e, *vs = self.layers(torch.cat([z] + seeds, dim=1),
+                                 graph).split(d, dim=1)
+            views = [_rows(v, U) for v in vs]
         else:
             e = self.layers(z, graph)
         e = e + self.ris_lambda * F.normalize(z, dim=1)
         if return_views:
-            return e[:U], e[U:], views
-        return e[:U], e[U:]
+            return (*_rows(e, U), views)
+        return _rows(e, U)
 
     def views(
         self,
@@ -291,7 +298,7 @@ class MultiModalAggregation(NormalizedPropagation):
                 self.hop(torch.cat([user_emb, feats[m]]), mgraphs[m])
                 for m in range(M)], dim=1)
         out = self.layers(seeds, graph)
-        return [(v[:U], v[U:]) for v in out.split(d, dim=1)]
+        return [_rows(v, U) for v in out.split(d, dim=1)]
 
     def __repr__(self) -> str:
         return (f'{self.__class__.__name__}(num_users={self.num_users}, '
