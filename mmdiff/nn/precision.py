@@ -4,8 +4,9 @@ The ``bf16`` precision settings of the diffusion models and of
 :func:`~mmdiff.nn.info_nce` pay only where the hardware multiplies bfloat16
 matrices natively: x86 CPUs with AVX512-BF16 or AMX, CUDA GPUs with compute
 capability 8.0 or newer.  Elsewhere PyTorch emulates bfloat16 products, with
-the same results but at a fraction of the float32 speed (on an AVX2-only
-CPU a ``1024^3`` product measured 50x slower than in float32).  Using them
+the same results but at a small fraction of the float32 speed (on an
+AVX2-only CPU a ``512^3`` product took over a hundred times as long as in
+float32).  Using them
 there is almost certainly a mistake, so it is flagged with a
 :class:`~mmdiff.errors.PerformanceWarning` instead of
 silently costing hours.
