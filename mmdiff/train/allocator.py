@@ -23,7 +23,9 @@ its own: ``mmdiff train`` and ``mmdiff demo`` (the application) call it
 unless ``--system-allocator`` is given, and so do the benchmarks that time
 them; a program that uses :class:`~mmdiff.train.Trainer` directly calls
 it once at start-up if it wants it.  (Preloading jemalloc or tcmalloc has a
-similar effect.)
+similar effect.)  Run the training loop in the main thread: glibc serves
+other threads from secondary arenas, whose large blocks this setting does
+not keep (a DiffMM epoch run from a helper thread was measurably slower).
 """
 from __future__ import annotations
 
