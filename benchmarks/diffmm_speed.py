@@ -181,6 +181,11 @@ class _Official:
 
 
 # ---------------------------------------------------------------- mmdiff
+def _in_main_thread() -> bool:
+    import threading
+    return threading.current_thread() is threading.main_thread()
+
+
 class _Stop(Exception):
     r"""Ends :meth:`_Ours.serve` (the parent asked to stop)."""
 
@@ -230,6 +235,7 @@ class _Ours:
     def _on_epoch(self, r: Dict[str, Any]) -> None:
         out = self.row(r)
         out['rss_mb'] = peak_rss_mb()
+        out['main_thread'] = _in_main_thread()
         self._conn.send(('epoch', out))
         if self._conn.recv() != 'epoch':
             raise _Stop
@@ -273,6 +279,7 @@ def _worker(conn, name: str, official: Optional[str], root: str,
             while conn.recv() == 'epoch':
                 out = runner.epoch()
                 out['rss_mb'] = peak_rss_mb()
+                out['main_thread'] = _in_main_thread()
                 conn.send(('epoch', out))
     except BaseException:
         try:

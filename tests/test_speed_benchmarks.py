@@ -127,6 +127,9 @@ def test_diffmm_speed_end_to_end(tiny_root, tmp_path, monkeypatch):
     assert [n for n, _ in rec['log'][1]] == ['float32', 'official']
     for name, rows in rec['epochs'].items():
         assert len(rows) == 2
+        # every contender trains in its process's main thread (as `mmdiff
+        # train` does; a helper thread gets another malloc arena)
+        assert all(r['main_thread'] for r in rows), name
         for r in rows:
             parts = r['diffusion'] + r['regeneration'] + r['bpr_cl'] \
                 + r['eval']
