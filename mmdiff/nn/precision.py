@@ -5,11 +5,10 @@ The ``bf16`` precision settings of the diffusion models and of
 matrices natively: x86 CPUs with AVX512-BF16 or AMX, CUDA GPUs with compute
 capability 8.0 or newer.  Elsewhere PyTorch emulates bfloat16 products, with
 the same results but at a small fraction of the float32 speed (on an
-AVX2-only CPU a ``512^3`` product took over a hundred times as long as in
-float32).  Using them
-there is almost certainly a mistake, so it is flagged with a
-:class:`~mmdiff.errors.PerformanceWarning` instead of
-silently costing hours.
+AVX2-only CPU a ``512^3`` product took about a hundred times as long as in
+float32).  Using them there is almost certainly a mistake, so it is flagged
+with a :class:`~mmdiff.errors.PerformanceWarning` instead of silently
+costing hours.
 """
 from __future__ import annotations
 
@@ -35,7 +34,7 @@ def native_bf16(device: Union[str, torch.device, None] = None) -> bool:
 def _native_bf16(kind: str, index) -> bool:
     if kind == 'cuda':
         return bool(torch.cuda.is_available() and
-                    torch.cuda.is_bf16_supported(including_emulation=False))
+                    torch.cuda.get_device_capability(index)[0] >= 8)
     if kind != 'cpu':
         return True
     if platform.machine().lower() not in ('x86_64', 'amd64', 'i386', 'i686'):

@@ -3,6 +3,8 @@ small arguments) and prints what it promises."""
 import importlib.util
 from pathlib import Path
 
+from conftest import requires_shared
+
 
 EXAMPLES = Path(__file__).resolve().parents[2] / 'examples'
 
@@ -55,6 +57,9 @@ def test_benchmark_own_data(capsys):
     assert all('| 2 |' in ln and '±' in ln for ln in rows.values())
 
 
+# 120 titles: the MicroLens file beside the repository (the built-in
+# fallback holds 48)
+@requires_shared('microlens')
 def test_text_features_cold_start(tmp_path, capsys):
     x, data, cold_users = _main('text_features')(
         ['--encoder', 'hash', '--limit', '120', '--cold', '20', '--users',

@@ -92,3 +92,13 @@ def test_bf16_denoiser_and_info_nce_warn_and_still_compute(cpu_bf16):
     cpu_bf16(False)
     _, w = _perf_warnings(lambda: info_nce(p, q, nodes, 0.5))
     assert w == []
+
+
+def test_cuda_native_bf16_from_compute_capability(monkeypatch):
+    monkeypatch.setattr(torch.cuda, 'is_available', lambda: True)
+    for cap, native in (((7, 5), False), ((8, 0), True), ((9, 0), True)):
+        monkeypatch.setattr(torch.cuda, 'get_device_capability',
+                            lambda index=None, cap=cap: cap)
+        precision._native_bf16.cache_clear()
+        assert precision.native_bf16('cuda:0') is native
+    precision._native_bf16.cache_clear()
