@@ -35,6 +35,8 @@ import torch
 
 warnings.filterwarnings('ignore', message='.*Sparse CSR tensor support.*')
 warnings.filterwarnings('ignore', message='.*Sparse invariant checks.*')
+# epoch 0 is the warm-up (run plain, before the profiler's active step)
+warnings.filterwarnings('ignore', message=".*Profiler won't be using warmup")
 
 HERE = Path(__file__).resolve().parent
 RESULTS = HERE / 'results'
@@ -123,9 +125,16 @@ def main(argv=None) -> int:
     ap.add_argument('--top', type=int, default=30)
     ap.add_argument('--tag', default='diffmm_profile')
     ap.add_argument('--out', default=str(RESULTS))
+    ap.add_argument('--system-allocator', action='store_true',
+                    help="keep the C allocator's defaults instead of the "
+                         "setting of `mmdiff train`")
     args = ap.parse_args(argv)
 
     torch.set_num_threads(args.threads)
+    malloc = 'system'
+    if not args.system_allocator:
+        from mmdiff.train.allocator import retain_freed_memory
+        malloc = 'retained' if retain_freed_memory() else 'system'
     from mmdiff.train.config import parse_overrides
     from mmdiff.nn.models import get_model_class
     from mmdiff.train import Trainer
@@ -178,6 +187,7 @@ def main(argv=None) -> int:
                    f'{torch.__version__}, {args.threads} threads',
         'model': args.model, 'dataset': args.dataset,
         'overrides': args.set,
+        'malloc': malloc,
         'epoch_seconds': epochs,
         'profiled_epoch': 1,
         'phases': phases,
@@ -191,12 +201,21 @@ def main(argv=None) -> int:
     return 0
 
 
+_MALLOC = {
+    'retained': 'the setting of `mmdiff train` (freed memory kept for '
+                'reuse, `mmdiff.train.allocator`)',
+    'system': "the C library's defaults",
+}
+
+
 def render(r: Dict[str, Any]) -> str:
     lines = [f"# Profile of one {r['model']} epoch on {r['dataset']}"
              + (f" ({' '.join(r['overrides'])})" if r['overrides'] else ''),
              '',
              f"- Date: {r['date']}. Machine: {r['machine']}.",
              f"- Command: `{r['command']}`",
+             f"- C allocator: {_MALLOC.get(r.get('malloc'), 'not recorded')}"
+             '.  The trainer runs in the main thread.',
              '- Epoch 0 warms up, epoch 1 runs under torch.profiler (self '
              'CPU time per operator, attributed to the trainer phase it '
              'ran in), epoch 2 runs plain.  The profiler inflates small '

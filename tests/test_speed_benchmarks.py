@@ -254,3 +254,25 @@ def test_diffmm_speed_skips_bf16_where_it_is_emulated(monkeypatch):
     line = diffmm_speed._matmul_line(
         {'matmul_ms': {'before': native, 'after': native}})
     assert 'bfloat16 40.0 / 40.0 ms' in line and 'native' not in line
+
+
+def test_profile_diffmm_attributes_every_phase(tmp_path):
+    """benchmarks/profile_diffmm.py on a tiny synthetic dataset: the profiled
+    epoch's operators land in DiffMM's three training phases, the record
+    says which allocator setting it ran under, and both files are written
+    where --out points."""
+    import profile_diffmm
+    rc = profile_diffmm.main([
+        '--dataset', 'synthetic:users=120,items=80', '--threads', '1',
+        '--set', 'batch_size=64',
+        '--tag', 'prof', '--out', str(tmp_path)])
+    assert rc == 0
+    rec = json.loads((tmp_path / 'prof.json').read_text())
+    assert len(rec['epoch_seconds']) == 3
+    assert {'diffusion', 'regenerate', 'bpr'} <= set(rec['groups'])
+    for phase in ('diffusion', 'bpr'):
+        assert rec['groups'][phase].get('matrix products', 0) > 0
+    expected = 'retained' if platform.libc_ver()[0] == 'glibc' else 'system'
+    assert rec['malloc'] == expected
+    md = (tmp_path / 'prof.md').read_text()
+    assert '## bpr:' in md and 'C allocator: ' in md
