@@ -198,10 +198,10 @@ class _Ours:
     r"""mmdiff's DiffMM trainer.  :meth:`serve` runs :meth:`Trainer.fit`
     in the calling (main) thread and, after each epoch, reports it and
     waits for the parent's next command.  (The fit loop must not run in a
-    helper thread: glibc serves a non-main thread from a secondary malloc
-    arena, where the allocator setting of ``mmdiff train`` does not keep
-    the large temporaries mapped, which made the epoch 10-20 % slower
-    than ``mmdiff train``'s.)"""
+    helper thread: there the epoch was 10-20 % slower than ``mmdiff
+    train``'s, see ``results/diffmm_speed_helper_thread_2026-12-07.md``;
+    not because of the allocator, the gap stayed with one malloc arena
+    for all threads and equal page faults.)"""
 
     def __init__(self, overrides: List[str], root: Path, dataset: str,
                  seed: int):

@@ -128,7 +128,7 @@ def test_diffmm_speed_end_to_end(tiny_root, tmp_path, monkeypatch):
     for name, rows in rec['epochs'].items():
         assert len(rows) == 2
         # every contender trains in its process's main thread (as `mmdiff
-        # train` does; a helper thread gets another malloc arena)
+        # train` does; an epoch in a helper thread was slower)
         assert all(r['main_thread'] for r in rows), name
         for r in rows:
             parts = r['diffusion'] + r['regeneration'] + r['bpr_cl'] \

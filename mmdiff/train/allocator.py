@@ -23,9 +23,11 @@ its own: ``mmdiff train`` and ``mmdiff demo`` (the application) call it
 unless ``--system-allocator`` is given, and so do the benchmarks that time
 them; a program that uses :class:`~mmdiff.train.Trainer` directly calls
 it once at start-up if it wants it.  (Preloading jemalloc or tcmalloc has a
-similar effect.)  Run the training loop in the main thread: glibc serves
-other threads from secondary arenas, whose large blocks this setting does
-not keep (a DiffMM epoch run from a helper thread was measurably slower).
+similar effect.)  Run the training loop in the process's main thread,
+as ``mmdiff train`` does: a DiffMM epoch run from a helper thread was
+measurably slower on a 2-core Linux VM, with or without this setting.
+(Not the allocator: the gap stayed with all threads on one malloc arena,
+and the helper thread took no more page faults.)
 """
 from __future__ import annotations
 
