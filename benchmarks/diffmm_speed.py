@@ -65,7 +65,7 @@ import warnings
 from pathlib import Path
 from typing import Any, Dict, List, Optional
 
-from speed import matmul_ms, peak_rss_mb  # benchmarks/speed.py
+from speed import matmul_ms, peak_rss_mb, use_allocator  # benchmarks/speed.py
 
 HERE = Path(__file__).resolve().parent
 RESULTS = HERE / 'results'
@@ -200,8 +200,7 @@ class _Ours:
     waits for the parent's next command.  (The fit loop must not run in a
     helper thread: there the epoch was 10-20 % slower than ``mmdiff
     train``'s, see ``results/diffmm_speed_helper_thread_2026-12-07.md``;
-    not because of the allocator, the gap stayed with one malloc arena
-    for all threads and equal page faults.)"""
+    cause not identified.)"""
 
     def __init__(self, overrides: List[str], root: Path, dataset: str,
                  seed: int):
@@ -262,10 +261,7 @@ def _worker(conn, name: str, official: Optional[str], root: str,
         devnull = open(os.devnull, 'w')
         sys.stdout = devnull
         t0 = time.perf_counter()
-        malloc = 'system'
-        if name in RETAINED_MALLOC:
-            from mmdiff.train.allocator import retain_freed_memory
-            malloc = 'retained' if retain_freed_memory() else 'system'
+        malloc = use_allocator(name in RETAINED_MALLOC)
         if CONTENDERS[name] is None:
             runner = _Official(Path(official), Path(root), dataset, seed)
         else:

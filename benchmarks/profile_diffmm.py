@@ -33,6 +33,8 @@ from typing import Any, Dict, List
 
 import torch
 
+from speed import use_allocator  # benchmarks/speed.py
+
 warnings.filterwarnings('ignore', message='.*Sparse CSR tensor support.*')
 warnings.filterwarnings('ignore', message='.*Sparse invariant checks.*')
 # epoch 0 is the warm-up (run plain, before the profiler's active step)
@@ -131,10 +133,7 @@ def main(argv=None) -> int:
     args = ap.parse_args(argv)
 
     torch.set_num_threads(args.threads)
-    malloc = 'system'
-    if not args.system_allocator:
-        from mmdiff.train.allocator import retain_freed_memory
-        malloc = 'retained' if retain_freed_memory() else 'system'
+    malloc = use_allocator(not args.system_allocator)
     from mmdiff.train.config import parse_overrides
     from mmdiff.nn.models import get_model_class
     from mmdiff.train import Trainer

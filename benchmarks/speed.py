@@ -53,6 +53,17 @@ def peak_rss_mb() -> float:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0
 
 
+def use_allocator(retained: bool = True) -> str:
+    r"""Applies the C allocator setting of ``mmdiff train``
+    (:func:`mmdiff.train.allocator.retain_freed_memory`) when ``retained``;
+    returns the setting in force: ``'retained'`` or ``'system'`` (the C
+    library's defaults, also where the setting is not available)."""
+    if not retained:
+        return 'system'
+    from mmdiff.train.allocator import retain_freed_memory
+    return 'retained' if retain_freed_memory() else 'system'
+
+
 def matmul_rate(dtype=torch.float32, n: int = 2048, reps: int = 5) -> float:
     r"""GFLOP/s of an ``n x n`` matrix product in ``dtype``."""
     a, b = torch.randn(n, n, dtype=dtype), torch.randn(n, n, dtype=dtype)

@@ -25,9 +25,8 @@ them; a program that uses :class:`~mmdiff.train.Trainer` directly calls
 it once at start-up if it wants it.  (Preloading jemalloc or tcmalloc has a
 similar effect.)  Run the training loop in the process's main thread,
 as ``mmdiff train`` does: a DiffMM epoch run from a helper thread was
-measurably slower on a 2-core Linux VM, with or without this setting.
-(Not the allocator: the gap stayed with all threads on one malloc arena,
-and the helper thread took no more page faults.)
+measurably slower (``benchmarks/results/
+diffmm_speed_helper_thread_2026-12-07.md``; cause not identified).
 """
 from __future__ import annotations
 
